@@ -1,0 +1,63 @@
+# sparrow-plugin: `make train` and `make test` set everything up on a fresh machine.
+#
+#   make train                      tiny host on the synthetic benchmark, on the CPU
+#   make train BASE=unipixel        a real host's stage-1 recipe (needs its checkpoints)
+#   make test                       the test suite
+#
+# Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), VENV, PYTHON.
+
+PYTHON ?= python3
+VENV ?= .venv
+BASE ?= tiny
+STAGE ?= 1
+DATA ?= data/synthetic
+OUT ?= outputs/$(BASE)
+
+BIN := $(VENV)/bin
+SPARROW := $(BIN)/sparrow
+RECIPE := recipes/$(BASE)/stage$(STAGE).yaml
+RUN := $(OUT)/stage$(STAGE)
+INSTALLED := $(VENV)/.installed
+TINY_HOST := outputs/tiny/host
+
+.PHONY: setup train test data tiny-host clean
+
+setup: $(INSTALLED)
+
+# torch first, from the exact pins; sam2 is a source package that must build against that
+# torch (no build isolation, no CUDA extension); then this package and its dependencies.
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-build-isolation sam2==1.1.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+data: $(DATA)/valid_u/meta_expressions.json
+
+$(DATA)/valid_u/meta_expressions.json: | $(INSTALLED)
+	$(SPARROW) data synth --out $(DATA) --seed 0
+
+# The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST).
+tiny-host: $(TINY_HOST)/config.json
+
+$(TINY_HOST)/config.json: | $(INSTALLED) data
+	$(SPARROW) fit --config recipes/tiny/pretrain.yaml
+
+ifeq ($(BASE),tiny)
+train: $(INSTALLED) data tiny-host
+	@test -f $(RUN)/untrained.json || $(SPARROW) test --config $(RECIPE) --results $(RUN)/untrained.json
+	$(SPARROW) fit --config $(RECIPE) --ckpt_path last
+	$(SPARROW) test --config $(RECIPE) --ckpt_path $(RUN)/checkpoints/last.ckpt --results $(RUN)/trained.json
+	$(SPARROW) report $(RUN)/untrained.json $(RUN)/trained.json --names untrained trained
+else
+train: $(INSTALLED)
+	$(SPARROW) fit --config $(RECIPE) --ckpt_path last
+endif
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf outputs lightning_logs
