@@ -1,0 +1,180 @@
+"""Per-frame region similarity J and contour accuracy F (``shared/specs/metrics.md``).
+
+Both functions take masks of shape (H, W) or (T, H, W) as numpy arrays or torch tensors
+of any dtype (non-zero means foreground) and return float64 tensors with the leading
+shape kept: a 0-d tensor for one frame, shape (T,) for a clip. All frames are scored in
+one batched pass, so the cost is a handful of tensor ops per clip rather than a Python
+loop per frame; the values equal the DAVIS reference evaluator's to the last bit of the
+count ratios.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["jaccard", "f_measure", "boundary_map", "boundary_radius"]
+
+
+def jaccard(pred, gt, void=None) -> torch.Tensor:
+    """Region similarity ``|P ∩ G| / |P ∪ G|`` over non-void pixels, per frame.
+
+    Args:
+        pred, gt: (H, W) or (T, H, W) masks; non-zero is foreground.
+        void: optional mask of the same shape; its pixels are ignored.
+    Returns:
+        float64 tensor of shape () or (T,); a frame whose union is empty scores 1.
+    """
+    pred, gt, void, squeeze = _as_frames(pred, gt, void)
+    intersection, union = pred & gt, pred | gt
+    if void is not None:
+        intersection, union = intersection & ~void, union & ~void
+    intersection = intersection.flatten(1).count_nonzero(1).to(torch.float64)
+    union = union.flatten(1).count_nonzero(1).to(torch.float64)
+    scores = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
+    return scores[0] if squeeze else scores
+
+
+def f_measure(pred, gt, void=None, bound_th: float = 0.008) -> torch.Tensor:
+    """Contour accuracy: F-score of boundary pixels matched within a disk tolerance.
+
+    Args:
+        pred, gt: (H, W) or (T, H, W) masks; non-zero is foreground.
+        void: optional mask; void pixels are cleared in both masks before anything else.
+        bound_th: tolerance as a fraction of the image diagonal (< 1), or a radius in
+            pixels (>= 1).
+    Returns:
+        float64 tensor of shape () or (T,).
+    """
+    pred, gt, void, squeeze = _as_frames(pred, gt, void)
+    if void is not None:
+        pred, gt = pred & ~void, gt & ~void
+    height, width = pred.shape[-2:]
+    radius = boundary_radius(height, width, bound_th)
+
+    pred, gt = _crop_to_content(pred, gt)
+    pred_boundary, gt_boundary = boundary_map(pred), boundary_map(gt)
+    n_pred = pred_boundary.flatten(1).count_nonzero(1).to(torch.float64)
+    n_gt = gt_boundary.flatten(1).count_nonzero(1).to(torch.float64)
+    matched_pred = _count_near(pred_boundary, gt_boundary, radius)
+    matched_gt = _count_near(gt_boundary, pred_boundary, radius)
+
+    # Empty boundaries follow the reference: nothing predicted -> P=1, nothing to find -> R=1.
+    precision = torch.where(n_pred > 0, matched_pred / n_pred.clamp_min(1), torch.ones_like(n_pred))
+    recall = torch.where(n_gt > 0, matched_gt / n_gt.clamp_min(1), torch.ones_like(n_gt))
+    precision = torch.where((n_pred > 0) & (n_gt == 0), torch.zeros_like(precision), precision)
+    recall = torch.where((n_pred == 0) & (n_gt > 0), torch.zeros_like(recall), recall)
+
+    total = precision + recall
+    scores = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), torch.zeros_like(total))
+    return scores[0] if squeeze else scores
+
+
+def boundary_radius(height: int, width: int, bound_th: float = 0.008) -> int:
+    """Tolerance radius in pixels: ``ceil(bound_th * diagonal)``, or ``bound_th`` if >= 1."""
+    if bound_th >= 1:
+        return int(bound_th)
+    return int(math.ceil(bound_th * math.hypot(height, width)))
+
+
+def boundary_map(masks: torch.Tensor) -> torch.Tensor:
+    """Boundary pixels of bool masks (T, H, W), exactly as DAVIS' ``seg2bmap``.
+
+    A pixel is boundary when it differs from its east, south or south-east neighbour
+    (pixels past the edge read as 0); the last row compares east only, the last column
+    south only, and the bottom-right pixel is never boundary, so the image border itself
+    creates no boundary.
+    """
+    east = torch.zeros_like(masks)
+    south = torch.zeros_like(masks)
+    south_east = torch.zeros_like(masks)
+    east[:, :, :-1] = masks[:, :, 1:]
+    south[:, :-1, :] = masks[:, 1:, :]
+    south_east[:, :-1, :-1] = masks[:, 1:, 1:]
+    boundary = (masks ^ east) | (masks ^ south) | (masks ^ south_east)
+    boundary[:, -1, :] = masks[:, -1, :] ^ east[:, -1, :]
+    boundary[:, :, -1] = masks[:, :, -1] ^ south[:, :, -1]
+    boundary[:, -1, -1] = False
+    return boundary
+
+
+def _crop_to_content(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop (T, H, W) masks to their joint foreground box plus a one-pixel margin.
+
+    Exact for F: every boundary pixel lies inside that box, and with the margin the
+    crop's own last row and column hold no foreground, so the edge rules of
+    :func:`boundary_map` give the same values as on the full frame. Only the tolerance
+    radius depends on the full size, and it is computed before cropping.
+    """
+    occupied = (pred | gt).any(dim=0)
+    rows = occupied.any(dim=1).nonzero()
+    cols = occupied.any(dim=0).nonzero()
+    if rows.numel() == 0:
+        return pred[:, :1, :1], gt[:, :1, :1]
+    height, width = occupied.shape
+    top, bottom = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, height)
+    left, right = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, width)
+    return pred[:, top:bottom, left:right], gt[:, top:bottom, left:right]
+
+
+def _count_near(points: torch.Tensor, targets: torch.Tensor, radius: int) -> torch.Tensor:
+    """Per frame, how many ``points`` pixels have a ``targets`` pixel within the disk.
+
+    Equivalent to ``(points & dilate(targets, disk(radius))).sum()`` with outside-the-image
+    read as 0, but evaluated only at the (sparse) point pixels: the disk is a stack of
+    horizontal segments, one per row offset ``dy`` with half width
+    ``floor(sqrt(r² - dy²))``, and row prefix sums of ``targets`` count each segment in
+    O(1).
+
+    Args:
+        points, targets: bool (T, H, W).
+    Returns:
+        float64 (T,) counts.
+    """
+    num_frames, height, width = points.shape
+    frame, y, x = points.nonzero(as_tuple=True)
+    if frame.numel() == 0:
+        return torch.zeros(num_frames, dtype=torch.float64, device=points.device)
+    row_prefix = F.pad(targets.to(torch.int32).cumsum(dim=2), (1, 0))  # (T, H, W + 1)
+    offsets = torch.arange(-radius, radius + 1, device=points.device)
+    half_widths = torch.tensor(
+        [math.isqrt(radius * radius - dy * dy) for dy in range(-radius, radius + 1)], device=points.device
+    )
+    rows = y[:, None] + offsets[None, :]  # (N, 2r + 1)
+    inside = (rows >= 0) & (rows < height)
+    rows = rows.clamp(0, height - 1)
+    left = (x[:, None] - half_widths[None, :]).clamp(min=0)
+    right = (x[:, None] + half_widths[None, :]).clamp(max=width - 1) + 1
+    frames = frame[:, None].expand_as(rows)
+    segment_counts = row_prefix[frames, rows, right] - row_prefix[frames, rows, left]
+    is_near = ((segment_counts > 0) & inside).any(dim=1)
+    return torch.bincount(frame[is_near], minlength=num_frames).to(torch.float64)
+
+
+def _as_frames(pred, gt, void):
+    """Cast inputs to bool tensors of shape (T, H, W); report whether input was one frame."""
+    pred, gt = _to_bool_tensor(pred, "pred"), _to_bool_tensor(gt, "gt")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt must have the same shape, got {tuple(pred.shape)} and {tuple(gt.shape)}")
+    if pred.dim() not in (2, 3):
+        raise ValueError(f"masks must be (H, W) or (T, H, W), got shape {tuple(pred.shape)}")
+    if void is not None:
+        void = _to_bool_tensor(void, "void").to(pred.device)
+        if void.shape != pred.shape:
+            raise ValueError(f"void must have the masks' shape {tuple(pred.shape)}, got {tuple(void.shape)}")
+    squeeze = pred.dim() == 2
+    if squeeze:
+        pred, gt = pred.unsqueeze(0), gt.unsqueeze(0)
+        void = void.unsqueeze(0) if void is not None else None
+    return pred, gt.to(pred.device), void, squeeze
+
+
+def _to_bool_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach() != 0 if value.dtype != torch.bool else value.detach()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value != 0))
+    raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")

@@ -1,0 +1,186 @@
+"""J and F against hand-derived values and an independent transcription of the spec."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from sparrow_plugin.metrics import MeViSMetric, boundary_map, boundary_radius, f_measure, jaccard
+
+
+def row(bits: str) -> np.ndarray:
+    """A (1, W) mask from a string like '001110000'."""
+    return np.array([[c == "1" for c in bits]])
+
+
+# ----------------------------------------------------------------------------- J
+
+
+def test_jaccard_hand_values():
+    # pred {2..4}, gt {4..6}: intersection {4}, union {2..6} -> 1/5
+    assert float(jaccard(row("001110000"), row("000011100"))) == pytest.approx(0.2)
+    assert float(jaccard(row("0110"), row("0110"))) == 1.0
+    assert float(jaccard(row("0110"), row("0000"))) == 0.0
+
+
+def test_jaccard_both_empty_is_one():
+    assert float(jaccard(np.zeros((4, 5)), np.zeros((4, 5)))) == 1.0
+
+
+def test_jaccard_ignores_void_pixels():
+    pred, gt = row("1100"), row("1000")
+    void = row("0100")  # the only disagreement is void -> perfect
+    assert float(jaccard(pred, gt, void=void)) == 1.0
+    # everything void: union of non-void pixels is empty -> 1
+    assert float(jaccard(pred, gt, void=row("1111"))) == 1.0
+
+
+def test_jaccard_per_frame_and_types():
+    pred = torch.tensor([[[1, 1], [0, 0]], [[0, 0], [0, 0]]])
+    gt = torch.tensor([[[1, 0], [0, 0]], [[0, 0], [0, 1]]])
+    scores = jaccard(pred, gt)
+    assert scores.shape == (2,) and scores.dtype == torch.float64
+    assert scores.tolist() == [0.5, 0.0]
+    assert jaccard(pred.numpy().astype(np.uint8), gt.numpy() * 255).tolist() == [0.5, 0.0]
+
+
+def test_shape_mismatch_names_shapes():
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3, 2\)"):
+        jaccard(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+# ----------------------------------------------------------------------------- F
+
+
+@pytest.mark.parametrize(
+    "size, radius",
+    [((480, 854), 8), ((360, 640), 6), ((720, 1280), 12), ((1080, 1920), 18), ((120, 160), 2)],
+)
+def test_boundary_radius_from_the_diagonal(size, radius):
+    assert boundary_radius(*size) == radius
+
+
+def test_threshold_of_one_or_more_is_pixels():
+    assert boundary_radius(480, 854, bound_th=3) == 3
+
+
+def test_boundary_of_one_pixel():
+    # a pixel differs from its east, south, south-east neighbours, and so do its west,
+    # north and north-west neighbours from it: boundary = the 2x2 block ending at it
+    mask = torch.zeros(1, 5, 5, dtype=torch.bool)
+    mask[0, 2, 2] = True
+    expected = torch.zeros(1, 5, 5, dtype=torch.bool)
+    expected[0, 1:3, 1:3] = True
+    assert torch.equal(boundary_map(mask), expected)
+
+
+def test_image_border_creates_no_boundary():
+    full = torch.ones(1, 6, 7, dtype=torch.bool)
+    assert not boundary_map(full).any()
+    assert float(f_measure(full[0], full[0])) == 1.0  # two full masks: both boundaries empty
+
+
+def test_f_measure_hand_value_on_one_row():
+    # gt 001110000: boundary at x=1 (0->1) and x=4 (1->0); pred 000011100: at x=3 and x=6.
+    # radius 1: dilate(gt b) = {0..5}, dilate(pred b) = {2..7}
+    # P = |{3}| / 2 = 0.5, R = |{4}| / 2 = 0.5, F = 0.5
+    assert float(f_measure(row("000011100"), row("001110000"), bound_th=1)) == pytest.approx(0.5)
+
+
+def test_f_measure_empty_cases():
+    empty, blob = np.zeros((9, 9), bool), np.zeros((9, 9), bool)
+    blob[3:6, 3:6] = True
+    assert float(f_measure(empty, empty)) == 1.0  # both empty: P = R = 1
+    assert float(f_measure(empty, blob)) == 0.0  # nothing predicted: P = 1, R = 0
+    assert float(f_measure(blob, empty)) == 0.0  # nothing to find: P = 0, R = 1
+
+
+def test_f_measure_far_apart_is_zero_and_identical_is_one():
+    a, b = np.zeros((40, 40), bool), np.zeros((40, 40), bool)
+    a[2:6, 2:6], b[30:34, 30:34] = True, True
+    assert float(f_measure(a, b)) == 0.0
+    assert float(f_measure(a, a)) == 1.0
+
+
+def test_void_is_cleared_before_boundaries():
+    pred, gt = np.zeros((9, 9), bool), np.zeros((9, 9), bool)
+    pred[2:5, 2:5] = True
+    void = pred.copy()  # the whole prediction is void -> both masks empty -> F = 1
+    assert float(f_measure(pred, gt, void=void)) == 1.0
+
+
+def _reference_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
+    """shared/specs/metrics.md, transcribed with numpy/scipy, one frame at a time."""
+
+    def bmap(m):
+        e, s, se = np.zeros_like(m), np.zeros_like(m), np.zeros_like(m)
+        e[:, :-1], s[:-1, :], se[:-1, :-1] = m[:, 1:], m[1:, :], m[1:, 1:]
+        b = (m ^ e) | (m ^ s) | (m ^ se)
+        b[-1, :] = m[-1, :] ^ e[-1, :]
+        b[:, -1] = m[:, -1] ^ s[:, -1]
+        b[-1, -1] = False
+        return b
+
+    r = bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*pred.shape))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = yy**2 + xx**2 <= r * r
+    bp, bg = bmap(pred), bmap(gt)
+    dp = ndimage.binary_dilation(bp, structure=disk, border_value=0)
+    dg = ndimage.binary_dilation(bg, structure=disk, border_value=0)
+    n_p, n_g = bp.sum(), bg.sum()
+    if n_p == 0 and n_g > 0:
+        p, r_ = 1.0, 0.0
+    elif n_p > 0 and n_g == 0:
+        p, r_ = 0.0, 1.0
+    elif n_p == 0 and n_g == 0:
+        p, r_ = 1.0, 1.0
+    else:
+        p, r_ = (bp & dg).sum() / float(n_p), (bg & dp).sum() / float(n_g)
+    return 0.0 if p + r_ == 0 else 2 * p * r_ / (p + r_)
+
+
+@pytest.mark.parametrize("size", [(480, 854), (37, 53), (120, 160), (1, 9), (5, 7), (256, 256)])
+def test_f_measure_matches_the_spec_at_every_resolution(size):
+    rng = np.random.default_rng(sum(size))
+    height, width = size
+    yy, xx = np.mgrid[:height, :width]
+    preds, gts = [], []
+    for _ in range(4):
+        cy, cx, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(1, max(size) / 3)
+        gts.append((yy - cy) ** 2 + (xx - cx) ** 2 < radius**2)
+        jitter = rng.normal(0, 2, size=2)
+        preds.append(((yy - cy - jitter[0]) ** 2 + (xx - cx - jitter[1]) ** 2 < (radius * 1.1) ** 2) | (rng.random(size) < 0.002))
+    pred, gt = np.stack(preds), np.stack(gts)
+    ours = f_measure(pred, gt).numpy()
+    reference = np.array([_reference_f(p, g) for p, g in zip(pred, gt)])
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- MeViS protocol
+
+
+def test_mevis_metric_aggregates_per_expression_and_kind():
+    metric = MeViSMetric(kinds=["appearance", "no_target"])
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[:, 1:3, 1:3] = True
+    metric.update(gt.clone(), gt, kind="appearance")  # perfect: J = F = 1
+    half = gt.clone()
+    half[1] = False  # frame 1 empty: J = (1 + 0) / 2
+    metric.update(half, gt, kind="appearance")
+    empty = torch.zeros_like(gt)
+    metric.update(empty, empty, kind="no_target", emitted_seg=False)  # correct empty answer: 1
+    metric.update(None, gt, kind="appearance")  # missing prediction: 0, counted
+    results = metric.compute()
+    assert results["expressions"] == 4 and results["missing"] == 1 and results["no_seg"] == 1
+    assert results["appearance/J"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert results["no_target/J&F"] == 1.0
+    assert results["J"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
+    assert results["J&F"] == pytest.approx((results["J"] + results["F"]) / 2)
+
+
+def test_mevis_metric_rejects_unknown_kind():
+    metric = MeViSMetric(kinds=["all"])
+    with pytest.raises(ValueError, match="motion"):
+        metric.update(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool), kind="motion")
