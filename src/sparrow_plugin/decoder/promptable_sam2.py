@@ -1,0 +1,123 @@
+"""SAM2 that also takes grounding embeddings ([SEG] hidden states) as sparse prompts.
+
+The `sam2` package prompts its mask decoder with points, boxes and masks only. Pixel-
+grounded LLMs add their own tokens to the sparse prompt (VideoGLaMM and GLUS patch the
+prompt encoder, UniPixel threads a ``hidden`` argument through ``track_step``). This
+subclass does the same without touching SAM2's code: inside :meth:`prompt_tokens` a
+forward hook on the prompt encoder appends the tokens to the sparse embeddings that
+SAM2's own ``_forward_sam_heads`` computes, so everything else (object pointers,
+occlusion scores, memory) is SAM2's unchanged logic. Parameter names are SAM2Base's,
+so official checkpoints load as they are.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from sam2.modeling.sam2_base import SAM2Base
+
+__all__ = ["PromptableSAM2"]
+
+
+class PromptableSAM2(SAM2Base):
+    """SAM2Base plus token prompts for the frames it is told to condition on."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._prompt_tokens: torch.Tensor | None = None
+        self._prompt_layout: str = "tokens_only"
+        self._prompt_multimask: bool = False
+        self.sam_prompt_encoder.register_forward_hook(self._add_prompt_tokens, with_kwargs=True)
+
+    @contextmanager
+    def prompt_tokens(
+        self,
+        tokens: torch.Tensor,
+        layout: Literal["tokens_only", "after_padding"] = "tokens_only",
+        multimask: bool = False,
+    ):
+        """Within this block, every SAM head call is prompted with ``tokens`` as well.
+
+        Args:
+            tokens: (B, P, C) embeddings in SAM2's prompt space (C = ``hidden_dim``), one
+                row per object in the batch.
+            layout: ``tokens_only`` drops SAM2's automatic "not a point" padding when no
+                point is given, so the sparse prompt is exactly ``tokens`` (LISA, GLUS,
+                VideoGLaMM training); ``after_padding`` keeps it and appends the tokens
+                (UniPixel, VideoGLaMM's video branch).
+            multimask: whether the prompted frame yields three masks (best IoU kept).
+        """
+        if tokens.dim() != 3 or tokens.shape[-1] != self.hidden_dim:
+            raise ValueError(f"prompt tokens must be (B, P, {self.hidden_dim}), got {tuple(tokens.shape)}")
+        if layout not in ("tokens_only", "after_padding"):
+            raise ValueError(f"prompt layout must be 'tokens_only' or 'after_padding', got {layout!r}")
+        previous = self._prompt_tokens, self._prompt_layout, self._prompt_multimask
+        self._prompt_tokens, self._prompt_layout, self._prompt_multimask = tokens, layout, multimask
+        try:
+            yield
+        finally:
+            self._prompt_tokens, self._prompt_layout, self._prompt_multimask = previous
+
+    def _add_prompt_tokens(self, module, args, kwargs, output):
+        tokens = self._prompt_tokens
+        if tokens is None:
+            return output
+        sparse, dense = output
+        if self._prompt_layout == "tokens_only":
+            # SAM2 pads the points with "not a point" entries (label -1): one of its own
+            # when no point is given, one more from the prompt encoder. Keep real points.
+            points = kwargs.get("points", args[0] if args else None)
+            real_points = 0 if points is None else int((points[1] >= 0).sum(dim=1).max())
+            sparse = sparse[:, :real_points]
+        return torch.cat([sparse, tokens.to(sparse.dtype)], dim=1), dense
+
+    def _use_multimask(self, is_init_cond_frame, point_inputs):
+        if self._prompt_tokens is not None:
+            return self._prompt_multimask
+        return super()._use_multimask(is_init_cond_frame, point_inputs)
+
+    def track_step(self, *args, **kwargs):
+        """SAM2's tracking step; also keeps ``object_score_logits`` while training.
+
+        SAM2Base drops them in training mode, but SPARROW supervises object presence
+        (no-target queries, occluded frames), so they are returned in both modes.
+        """
+        was_training = self.training
+        scores = {}
+
+        def keep_scores(module, inputs, output):
+            scores["logits"] = output[3]
+
+        handle = self.sam_mask_decoder.register_forward_hook(keep_scores)
+        try:
+            out = super().track_step(*args, **kwargs)
+        finally:
+            handle.remove()
+        if was_training and "object_score_logits" not in out:
+            out["object_score_logits"] = scores["logits"]
+        return out
+
+    def encode_frames(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:
+        """Backbone features of normalised images, flattened the way ``track_step`` reads them.
+
+        The image encoder runs without autograd when none of its parameters train (the
+        usual case: a frozen, pretrained Hiera), which saves most of the memory; the mask
+        decoder's high-resolution projections still get gradients when it trains.
+
+        Args:
+            images: (F, 3, S, S) float, ImageNet-normalised, S = ``image_size``.
+        Returns:
+            per feature level: features (HW, F, C), positional encodings (HW, F, C), and
+            the (H, W) sizes.
+        """
+        train_encoder = torch.is_grad_enabled() and any(p.requires_grad for p in self.image_encoder.parameters())
+        with torch.set_grad_enabled(train_encoder):
+            backbone_out = self.image_encoder(images)
+        if self.use_high_res_features_in_sam:
+            fpn = backbone_out["backbone_fpn"]
+            fpn[0] = self.sam_mask_decoder.conv_s0(fpn[0])
+            fpn[1] = self.sam_mask_decoder.conv_s1(fpn[1])
+        _, features, positions, sizes = self._prepare_backbone_features(backbone_out)
+        return features, positions, sizes

@@ -1,0 +1,181 @@
+"""SPARROW's mask decoder: SAM2 prompted on one frame, tracked through the clip."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparrow_plugin.decoder.build import build_sam2
+from sparrow_plugin.decoder.promptable_sam2 import PromptableSAM2
+from sparrow_plugin.errors import ConfigError
+from sparrow_plugin.interfaces import DecoderOutput, DecoderSpec
+
+__all__ = ["SAM2VideoDecoder"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SAM2VideoDecoder(nn.Module):
+    """Masks for prompted objects over whole clips.
+
+    ``mode="track"`` (default) prompts the conditioning frame with the grounding tokens
+    (and boxes, if any) and lets SAM2's memory carry the object through the other frames,
+    forward and then backward from the conditioning frame, exactly as SAM2's own tracking
+    step does in training and inference. ``mode="per_frame"`` prompts every frame
+    independently (no memory), as VideoGLaMM trains.
+
+    Args:
+        sam: a :class:`PromptableSAM2`.
+        prompt_layout, multimask: how grounding tokens prompt SAM2 (see
+            :class:`~sparrow_plugin.interfaces.DecoderSpec`).
+        mode: ``track`` or ``per_frame``.
+        cond_frame: index of the prompted frame in ``track`` mode (negative counts from
+            the end).
+    """
+
+    def __init__(
+        self,
+        sam: PromptableSAM2,
+        prompt_layout: Literal["tokens_only", "after_padding"] = "tokens_only",
+        multimask: bool = False,
+        mode: Literal["track", "per_frame"] = "track",
+        cond_frame: int = 0,
+    ):
+        super().__init__()
+        if mode not in ("track", "per_frame"):
+            raise ConfigError(f"decoder mode must be 'track' or 'per_frame', got {mode!r}")
+        self.sam = sam
+        self.prompt_layout, self.multimask = prompt_layout, multimask
+        self.mode, self.cond_frame = mode, cond_frame
+        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_spec(cls, spec: DecoderSpec, mode: str = "track", cond_frame: int = 0) -> "SAM2VideoDecoder":
+        sam = build_sam2(spec.config, state_dict=spec.state_dict, checkpoint=spec.checkpoint, overrides=spec.overrides)
+        return cls(sam, spec.prompt_layout, spec.multimask, mode=mode, cond_frame=cond_frame)
+
+    @property
+    def image_size(self) -> int:
+        return self.sam.image_size
+
+    @property
+    def prompt_dim(self) -> int:
+        return self.sam.hidden_dim
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        prompt_tokens: torch.Tensor | None,
+        clip_index: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DecoderOutput:
+        """Segment N prompted objects in B clips.
+
+        Args:
+            frames: (B, T, 3, H, W) float RGB in [0, 1]; resized to ``image_size`` if needed.
+            prompt_tokens: (N, P, C) grounding embeddings in SAM2's prompt space, or None
+                for a prompt of boxes/points only.
+            clip_index: (N,) long, the clip of each object (default: object n in clip n).
+            boxes: optional (N, K, 4) xyxy boxes in pixels of the ``image_size`` frame,
+                given to the prompted frame as SAM2 box prompts.
+            points: optional ((N, P, 2) xy pixels, (N, P) int labels: 1 positive,
+                0 negative), SAM2 point prompts for the prompted frame.
+        Returns:
+            :class:`DecoderOutput` with (N, T, S, S) mask logits and (N, T) object logits.
+        """
+        num_clips, num_frames = frames.shape[:2]
+        point_inputs = _point_inputs(boxes, points)
+        if prompt_tokens is None and point_inputs is None:
+            raise ValueError("nothing to prompt SAM2 with: give prompt tokens, boxes or points")
+        num_objects = (prompt_tokens if prompt_tokens is not None else point_inputs["point_labels"]).shape[0]
+        if clip_index is None:
+            if num_objects != num_clips:
+                raise ValueError(f"{num_objects} prompts for {num_clips} clips: pass clip_index")
+            clip_index = torch.arange(num_clips, device=frames.device)
+        features, positions, sizes = self.sam.encode_frames(self._normalise(frames.flatten(0, 1)))
+        if self.mode == "per_frame":
+            return self._decode_per_frame(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames)
+        return self._track(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames)
+
+    def _prompting(self, tokens: torch.Tensor | None):
+        if tokens is None:
+            return nullcontext()
+        return self.sam.prompt_tokens(tokens, self.prompt_layout, self.multimask)
+
+    def _track(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames) -> DecoderOutput:
+        cond = self.cond_frame % num_frames
+        order = list(range(cond, num_frames)) + list(range(cond - 1, -1, -1))
+        output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+        masks, scores = [None] * num_frames, [None] * num_frames
+        for t in order:
+            rows = clip_index * num_frames + t
+            is_cond = t == cond
+            with self._prompting(prompt_tokens if is_cond else None):
+                out = self.sam.track_step(
+                    frame_idx=t,
+                    is_init_cond_frame=is_cond,
+                    current_vision_feats=[f[:, rows] for f in features],
+                    current_vision_pos_embeds=[p[:, rows] for p in positions],
+                    feat_sizes=sizes,
+                    point_inputs=point_inputs if is_cond else None,
+                    mask_inputs=None,
+                    output_dict=output_dict,
+                    num_frames=num_frames,
+                    track_in_reverse=t < cond,
+                )
+            output_dict["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = out
+            masks[t], scores[t] = out["pred_masks_high_res"][:, 0], out["object_score_logits"][:, 0]
+        return DecoderOutput(mask_logits=torch.stack(masks, dim=1), object_logits=torch.stack(scores, dim=1))
+
+    def _decode_per_frame(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames):
+        num_objects = clip_index.shape[0]
+        rows = (clip_index[:, None] * num_frames + torch.arange(num_frames, device=clip_index.device)).flatten()
+        tokens = prompt_tokens.repeat_interleave(num_frames, dim=0) if prompt_tokens is not None else None
+        if point_inputs is not None:
+            point_inputs = {k: v.repeat_interleave(num_frames, dim=0) for k, v in point_inputs.items()}
+        with self._prompting(tokens):
+            out = self.sam.track_step(
+                frame_idx=0,
+                is_init_cond_frame=True,
+                current_vision_feats=[f[:, rows] for f in features],
+                current_vision_pos_embeds=[p[:, rows] for p in positions],
+                feat_sizes=sizes,
+                point_inputs=point_inputs,
+                mask_inputs=None,
+                output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
+                num_frames=num_frames,
+                run_mem_encoder=False,
+            )
+        size = out["pred_masks_high_res"].shape[-2:]
+        return DecoderOutput(
+            mask_logits=out["pred_masks_high_res"].view(num_objects, num_frames, *size),
+            object_logits=out["object_score_logits"].view(num_objects, num_frames),
+        )
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        size = (self.image_size, self.image_size)
+        if images.shape[-2:] != size:
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return (images - self.pixel_mean) / self.pixel_std
+
+
+def _point_inputs(boxes, points) -> dict[str, torch.Tensor] | None:
+    """SAM2's point-prompt dict: clicks first, then each xyxy box as corners labelled 2, 3."""
+    coords, labels = [], []
+    if points is not None:
+        coords.append(points[0].float())
+        labels.append(points[1].to(torch.int32))
+    if boxes is not None:
+        coords.append(boxes.float().reshape(boxes.shape[0], -1, 2))
+        corner_labels = torch.tensor([2, 3], dtype=torch.int32, device=boxes.device).repeat(boxes.shape[1])
+        labels.append(corner_labels.expand(boxes.shape[0], -1))
+    if not coords:
+        return None
+    return {"point_coords": torch.cat(coords, dim=1), "point_labels": torch.cat(labels, dim=1)}
