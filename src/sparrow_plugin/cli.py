@@ -1,0 +1,125 @@
+"""The ``sparrow`` command.
+
+    sparrow fit|validate|test|predict --config recipe.yaml [--config more.yaml] [--key value]
+    sparrow test --config recipe.yaml --results out/results.json     # also writes the metrics
+    sparrow data synth --out DIR --seed S                            # the synthetic benchmark
+    sparrow report BEFORE.json AFTER.json                            # two result files side by side
+
+The Lightning subcommands are LightningCLI's: recipes are YAML with ``class_path`` /
+``init_args`` for the model and the data, layered with repeated ``--config``. Errors in
+user input (a missing file, a broken frame, a checkpoint that does not fit) are printed
+as one message, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from sparrow_plugin.errors import SparrowError
+
+__all__ = ["SparrowCLI", "main", "format_report"]
+
+
+class SparrowCLI(LightningCLI):
+    """LightningCLI with a ``--results`` file for ``test`` and a readable metrics table."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--results", type=str | None, default=None, help="write test metrics to this JSON file")
+
+    def after_test(self) -> None:
+        results = getattr(self.model, "test_results", None)
+        if not results:
+            return
+        print(format_report({"result": results}))
+        path = self.config.get(self.subcommand, {}).get("results")
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))
+            print(f"metrics written to {path}")
+
+
+def format_report(columns: dict[str, dict[str, float]]) -> str:
+    """A table of J, F, J&F (and counts) per expression kind, one column per result set."""
+    kinds = ["overall"] + sorted(
+        {key.split("/")[0] for results in columns.values() for key in results if "/" in key}, key=_kind_order
+    )
+    names = list(columns)
+    header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}" + "".join(f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names)
+    lines = [header, "-" * len(header)]
+    for kind in kinds:
+        prefix = "" if kind == "overall" else f"{kind}/"
+        first = columns[names[0]]
+        if f"{prefix}J" not in first:
+            continue
+        row = f"{kind:<12}{int(first.get(prefix + 'expressions', 0)):>5}"
+        row += f"{'/'.join(str(int(c.get(prefix + 'no_seg', 0))) for c in columns.values()):>10}"
+        for results in columns.values():
+            row += f"{results.get(prefix + 'J', float('nan')):>14.3f}{results.get(prefix + 'F', float('nan')):>8.3f}"
+            row += f"{results.get(prefix + 'J&F', float('nan')):>8.3f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _kind_order(kind: str):
+    from sparrow_plugin.data.synthetic import EXPRESSION_KINDS
+
+    return (EXPRESSION_KINDS.index(kind) if kind in EXPRESSION_KINDS else len(EXPRESSION_KINDS), kind)
+
+
+def _data_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sparrow data", description="dataset tools")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    synth = sub.add_parser("synth", help="write the synthetic benchmark (MeViS layout)")
+    synth.add_argument("--out", required=True, help="dataset root to create")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--train-videos", type=int, default=None)
+    synth.add_argument("--valid-videos", type=int, default=None)
+    args = parser.parse_args(argv)
+    from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
+
+    sizes = {k: v for k, v in (("train_videos", args.train_videos), ("valid_videos", args.valid_videos)) if v is not None}
+    root = generate_benchmark(args.out, seed=args.seed, config=SyntheticConfig(**sizes))
+    print(f"synthetic benchmark written to {root}")
+
+
+def _report_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sparrow report", description="compare metric files side by side")
+    parser.add_argument("files", nargs="+", help="JSON files written by `sparrow test --results`")
+    parser.add_argument("--names", nargs="*", help="column names (default: file stems)")
+    args = parser.parse_args(argv)
+    names = args.names or [Path(f).stem for f in args.files]
+    columns = {}
+    for name, file in zip(names, args.files):
+        path = Path(file)
+        if not path.is_file():
+            raise SparrowError(f"{path}: results file not found (write it with `sparrow test --results {path}`)")
+        columns[name] = json.loads(path.read_text())
+    print(format_report(columns))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "data":
+            _data_command(argv[1:])
+        elif argv and argv[0] == "report":
+            _report_command(argv[1:])
+        else:
+            SparrowCLI(
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                args=argv,
+            )
+    except SparrowError as error:
+        print(f"sparrow: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

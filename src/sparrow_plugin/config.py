@@ -1,0 +1,101 @@
+"""Typed settings of the SPARROW wrapper (LightningCLI reads them from YAML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sparrow_plugin.errors import ConfigError
+
+__all__ = ["LoraSettings", "LossWeights", "DecoderSettings", "SparrowConfig", "PARAMETER_GROUPS"]
+
+# What can train, by name; ``SparrowConfig.lr_scale`` and the optimizer groups use these.
+PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the host's LLM (peft).
+
+    Attributes:
+        rank: LoRA rank r.
+        alpha: scaling numerator (the update is scaled by alpha / r).
+        dropout: dropout on the LoRA path.
+        targets: module-name suffixes to wrap; None uses the host's defaults.
+    """
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] | None = None
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LossWeights:
+    """Weights of the stage-1 loss ``ce * CE + bce * BCE + dice * DICE (+ presence * P)``.
+
+    The default is the paper's plain sum. ``presence`` supervises SAM2's object-presence
+    head; it is off by default (released hosts arrive with a trained one).
+    """
+
+    ce: float = 1.0
+    bce: float = 1.0
+    dice: float = 1.0
+    presence: float = 0.0
+
+    def __post_init__(self):
+        for name in ("ce", "bce", "dice", "presence"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class DecoderSettings:
+    """How SAM2 is run and what of it trains.
+
+    Attributes:
+        mode: ``track`` (prompt one frame, SAM2 memory carries the object) or
+            ``per_frame`` (prompt every frame independently).
+        cond_frame: the prompted frame in ``track`` mode.
+        train_mask_decoder: also train SAM2's mask decoder (LISA, VideoGLaMM and GLUS do).
+    """
+
+    mode: Literal["track", "per_frame"] = "track"
+    cond_frame: int = 0
+    train_mask_decoder: bool = False
+
+
+@dataclass
+class SparrowConfig:
+    """Everything that decides what SPARROW trains and how it is scored.
+
+    Attributes:
+        stage: training stage (1: LoRA, V→L adapters, [SEG] adapter, new token rows).
+        lora, loss, decoder: see their classes.
+        lr_scale: learning-rate multiplier per parameter group (``lora``, ``adapters``,
+            ``tokens``, ``seg_adapter``, ``mask_decoder``); 1 when absent.
+        max_new_tokens: generation budget at validation/test time.
+        kinds: expression kinds reported by the metric (our synthetic benchmark's kinds;
+            MeViS has one kind, ``all``).
+    """
+
+    stage: int = 1
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    loss: LossWeights = field(default_factory=LossWeights)
+    decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    max_new_tokens: int = 16
+    kinds: list[str] = field(default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "all"])
+
+    def __post_init__(self):
+        if self.stage != 1:
+            raise ConfigError(f"stage {self.stage} is not available yet; this release trains stage 1")
+        unknown = sorted(set(self.lr_scale) - set(PARAMETER_GROUPS))
+        if unknown:
+            raise ConfigError(f"lr_scale has unknown groups {unknown}; known: {list(PARAMETER_GROUPS)}")

@@ -1,0 +1,1 @@
+"""Hosts shipped inside the package: the embedded tiny default (real hosts: ``baselines``)."""

@@ -1,0 +1,56 @@
+"""Greedy decoding from input embeddings, for hosts whose LLM is a transformers causal LM.
+
+Hosts splice visual features and SPARROW's edits into the input embeddings, so decoding
+starts from embeddings rather than ids; positions are passed explicitly so that
+left-padded prompts in a batch decode exactly like unpadded ones.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["greedy_generate"]
+
+
+@torch.no_grad()
+def greedy_generate(
+    llm: nn.Module,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    eos_token_id: int,
+    pad_token_id: int,
+    max_new_tokens: int,
+) -> torch.Tensor:
+    """Greedy continuation of left-padded prompts.
+
+    Args:
+        llm: a causal LM accepting ``inputs_embeds``, ``position_ids`` and a KV cache.
+        inputs_embeds: (B, L, D) prompt embeddings; attention_mask, position_ids: (B, L).
+    Returns:
+        (B, N) long new tokens, N <= max_new_tokens; each row ends at its first EOS
+        (kept) and is padded with ``pad_token_id`` after it.
+    """
+    out = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+    batch = inputs_embeds.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
+    next_position = position_ids[:, -1:] + 1
+    generated = []
+    for _ in range(max_new_tokens):
+        token = out.logits[:, -1].argmax(dim=-1)
+        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        generated.append(token)
+        finished |= token == eos_token_id
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, (~finished).long()[:, None] | 1], dim=1)
+        out = llm(
+            input_ids=token[:, None],
+            attention_mask=attention_mask,
+            position_ids=next_position,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+        )
+        next_position = next_position + 1
+    return torch.stack(generated, dim=1)

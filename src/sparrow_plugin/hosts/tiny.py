@@ -1,0 +1,384 @@
+"""The embedded default host: a pixel-grounded video LLM small enough to train on a CPU.
+
+Its structure mirrors VideoGLaMM at toy scale, so the whole SPARROW path runs through the
+same contract as the real hosts::
+
+    frames ─► spatial ViT (timm) ─┬─► context frames' patch tokens ─► spatial projector ─┐
+                                  └─► pooled tokens of every frame ─► temporal transformer
+                                          ─► temporal projector ────────────────────────┴─► LLM
+    LLM: Qwen2 architecture from a small transformers config
+    tokenizer: word level (`tokenizers`), built from a benchmark's expressions
+    SAM2: our 128 px config (``sam2.1_hiera_tiny128``)
+
+Everything starts random. :mod:`sparrow_plugin.hosts.tiny_pretraining` gives it the
+pre-training real hosts arrive with, and saves it as a release folder that
+:meth:`TinyVideoLLM.from_pretrained` reads::
+
+    <folder>/config.json          TinyHostConfig fields
+    <folder>/model.safetensors    host weights (vision, projectors, LLM)
+    <folder>/sam2.safetensors     the host's SAM2 weights (optional)
+    <folder>/tokenizer.json ...   the word-level tokenizer (save_pretrained layout)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from sparrow_plugin.errors import CheckpointError, ConfigError
+from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead, add_tokens_to_llm
+from sparrow_plugin.hosts.generation import greedy_generate
+from sparrow_plugin.interfaces import (
+    GROUNDING_TOKENS,
+    DecoderSpec,
+    EmbedEdit,
+    Generation,
+    HostInputs,
+    HostOutput,
+    VisualFeatures,
+)
+from sparrow_plugin.registry import register_host
+
+__all__ = ["TinyHostConfig", "TinyVideoLLM", "build_word_tokenizer", "PROMPT_WORDS"]
+
+VISUAL_TOKEN = "<vis>"
+SPECIAL_TOKENS = ("<pad>", "<unk>", "</s>", VISUAL_TOKEN)
+# Words of the tiny host's own prompt and answers, beyond those of the expressions.
+PROMPT_WORDS = ("question", "answer", ":", "sure", "no", "target", ".")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TinyHostConfig:
+    """Sizes of the tiny host. Defaults train on 2 CPU cores in minutes.
+
+    Attributes:
+        image_size: input frame size (square); patches of ``patch_size`` make the grid.
+        vision_width, vision_depth, vision_heads: the spatial ViT.
+        temporal_depth: layers of the temporal transformer.
+        temporal_pool: the temporal branch reads the patch grid average-pooled by this.
+        context_frames: clip frames whose full patch grids the LLM reads (negative
+            indices count from the end).
+        max_frames: longest clip the temporal branch's frame embedding covers.
+        llm_frames: frames of the clip (evenly spaced) the temporal branch reads.
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the Qwen2 LLM.
+        sam2_config: the host's SAM2 config.
+    """
+
+    image_size: int = 128
+    patch_size: int = 16
+    vision_width: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 4
+    temporal_depth: int = 1
+    temporal_pool: int = 2
+    context_frames: tuple[int, ...] = (0,)
+    max_frames: int = 32
+    llm_frames: int = 8
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    sam2_config: str = "sam2.1_hiera_tiny128"
+
+    def __post_init__(self):
+        self.context_frames = tuple(self.context_frames)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.grid % self.temporal_pool:
+            raise ConfigError(f"the {self.grid}x{self.grid} patch grid must divide by temporal_pool {self.temporal_pool}")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ConfigError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+class TinyVideoLLM(nn.Module):
+    """The tiny host (see the module docstring)."""
+
+    grounding_offset = -1  # LISA convention, as the released hosts
+    default_lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    answer_template = "sure {grounding} ."
+    no_target_answer = "no target ."
+
+    def __init__(self, config: TinyHostConfig, tokenizer: PreTrainedTokenizerFast, sam2_state: dict | None = None):
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        self.grounding_token_names = dict(GROUNDING_TOKENS)
+        self._sam2_state = sam2_state
+        self.spatial_encoder = VisionTransformer(
+            img_size=config.image_size,
+            patch_size=config.patch_size,
+            num_classes=0,
+            global_pool="",
+            embed_dim=config.vision_width,
+            depth=config.vision_depth,
+            num_heads=config.vision_heads,
+            mlp_ratio=2.0,
+            class_token=False,
+        )
+        self.temporal_encoder = TemporalEncoder(config.vision_width, config.temporal_depth, config.vision_heads, config.max_frames)
+        self.spatial_projector = _projector(config.vision_width, config.hidden_size)
+        self.temporal_projector = _projector(config.vision_width, config.hidden_size)
+        self.llm = Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=len(tokenizer),
+                hidden_size=config.hidden_size,
+                intermediate_size=config.intermediate_size,
+                num_hidden_layers=config.num_layers,
+                num_attention_heads=config.num_heads,
+                num_key_value_heads=config.num_kv_heads,
+                max_position_embeddings=1024,
+                tie_word_embeddings=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=None,
+            )
+        )
+        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def create(cls, vocabulary: Iterable[str], config: TinyHostConfig | None = None, seed: int = 0) -> "TinyVideoLLM":
+        """A randomly initialised host whose tokenizer knows ``vocabulary``."""
+        torch.manual_seed(seed)
+        return cls(config or TinyHostConfig(), build_word_tokenizer(vocabulary))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TinyVideoLLM":
+        """Load a folder written by :meth:`save_pretrained`; weights load strictly."""
+        path = Path(path)
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise CheckpointError(path, "not a tiny host folder: config.json is missing (run `make tiny-host` or pass a folder written by save_pretrained)")
+        known = {f.name for f in fields(TinyHostConfig)}
+        raw = json.loads(config_file.read_text())
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CheckpointError(config_file, f"unknown config fields {unknown}; known: {sorted(known)}")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+        sam2_file = path / "sam2.safetensors"
+        host = cls(TinyHostConfig(**raw), tokenizer, load_file(sam2_file) if sam2_file.is_file() else None)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(weights, "host weights not found")
+        missing, unexpected = host.load_state_dict(load_file(weights), strict=False)
+        if missing or unexpected:
+            raise CheckpointError(weights, "does not match the tiny host config", missing, unexpected)
+        return host
+
+    def save_pretrained(self, path: str | Path, sam2_state: dict | None = None) -> None:
+        """Write the release folder (see the module docstring)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if any(isinstance(m, (AddedTokenEmbedding, AddedTokenHead)) for m in self.modules()):
+            raise ConfigError("save the tiny host before grounding tokens are added: its release has none")
+        (path / "config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        self.tokenizer.save_pretrained(path)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, path / "model.safetensors")
+        sam2_state = sam2_state if sam2_state is not None else self._sam2_state
+        if sam2_state is not None:
+            save_file({k: v.contiguous() for k, v in sam2_state.items()}, path / "sam2.safetensors")
+
+    # ------------------------------------------------------------------ contract
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def language_model(self) -> nn.Module:
+        return self.llm
+
+    def adapter_modules(self) -> list[nn.Module]:
+        return [self.spatial_projector, self.temporal_projector]
+
+    def decoder_spec(self) -> DecoderSpec:
+        return DecoderSpec(config=self.config.sam2_config, state_dict=self._sam2_state)
+
+    def seg_projection(self) -> nn.Module | None:
+        return None
+
+    def add_tokens(self, tokens: Sequence[str]) -> dict[str, int]:
+        ids, _ = add_tokens_to_llm(self.llm, self.tokenizer, tokens)
+        return ids
+
+    def new_token_parameters(self) -> list[nn.Parameter]:
+        return [m.added_rows for m in self.llm.modules() if isinstance(m, (AddedTokenEmbedding, AddedTokenHead)) and "added_rows" in m._parameters]
+
+    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
+        num_clips, num_frames = frames.shape[:2]
+        grid, width = self.config.grid, self.config.vision_width
+        images = frames.flatten(0, 1)
+        if images.shape[-1] != self.config.image_size:
+            images = F.interpolate(images, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        patches = self.spatial_encoder.forward_features((images - self.pixel_mean) / self.pixel_std)
+        patches = patches.view(num_clips, num_frames, grid, grid, width)
+
+        context = patches[:, [i % num_frames for i in self.config.context_frames]].flatten(1, 3)
+        llm_frames = torch.linspace(0, num_frames - 1, min(self.config.llm_frames, num_frames)).round().long()
+        pooled = F.avg_pool2d(
+            patches[:, llm_frames].flatten(0, 1).permute(0, 3, 1, 2), self.config.temporal_pool
+        )  # (B * T', C, g', g')
+        pooled = pooled.flatten(2).transpose(1, 2).reshape(num_clips, len(llm_frames), -1, width)
+        temporal = self.temporal_encoder(pooled)
+        tokens = torch.cat([self.spatial_projector(context), self.temporal_projector(temporal)], dim=1)
+        dense = patches.permute(0, 1, 4, 2, 3)  # (B, T, C, g, g)
+        frame_ids = torch.arange(num_frames, device=frames.device).expand(num_clips, -1)
+        return VisualFeatures(llm_tokens=tokens, dense=dense, dense_frames=frame_ids)
+
+    def build_inputs(
+        self,
+        visual: VisualFeatures,
+        queries: Sequence[str],
+        answers: Sequence[str] | None = None,
+        num_tsf_tokens: int = 0,
+    ) -> HostInputs:
+        tokenizer = self.tokenizer
+        num_visual = visual.llm_tokens.shape[1]
+        prefix = [VISUAL_TOKEN] * num_visual + [self.grounding_token_names["tsf"]] * num_tsf_tokens
+        prompts, targets = [], []
+        for index, query in enumerate(queries):
+            prompt = prefix + ["question", ":"] + tokenizer.tokenize(query) + ["answer", ":"]
+            prompts.append(tokenizer.convert_tokens_to_ids(prompt))
+            if answers is not None:
+                targets.append(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(answers[index])) + [tokenizer.eos_token_id])
+        device = visual.llm_tokens.device
+        if answers is None:
+            ids, mask = _pad([p for p in prompts], tokenizer.pad_token_id, left=True)
+            labels = None
+        else:
+            ids, mask = _pad([p + t for p, t in zip(prompts, targets)], tokenizer.pad_token_id, left=False)
+            labels, _ = _pad([[-100] * len(p) + t for p, t in zip(prompts, targets)], -100, left=False)
+            labels = labels.to(device)
+        return HostInputs(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels, visual=visual)
+
+    def forward(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = ()) -> HostOutput:
+        embeds = self._embed(inputs.input_ids, inputs.visual, edits)
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=_positions(inputs.attention_mask),
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return HostOutput(logits=out.logits, grounding_states=out.hidden_states[-1])
+
+    def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 8) -> Generation:
+        embeds = self._embed(inputs.input_ids, inputs.visual, edits)
+        new_ids = greedy_generate(
+            self.llm,
+            inputs_embeds=embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=_positions(inputs.attention_mask),
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            max_new_tokens=max_new_tokens,
+        )
+        new_mask = (new_ids != self.tokenizer.pad_token_id).long()
+        full = HostInputs(
+            input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
+            attention_mask=torch.cat([inputs.attention_mask, new_mask], dim=1),
+            labels=None,
+            visual=inputs.visual,
+        )
+        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        num_prompt = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
+        return Generation(inputs=full, texts=texts, num_prompt_tokens=num_prompt)
+
+    # ------------------------------------------------------------------ internals
+
+    def _embed(self, input_ids: torch.Tensor, visual: VisualFeatures, edits: Sequence[EmbedEdit]) -> torch.Tensor:
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        visual_id = self.tokenizer.convert_tokens_to_ids(VISUAL_TOKEN)
+        embeds = _scatter(embeds, input_ids == visual_id, visual.llm_tokens, "visual")
+        for edit in edits:
+            embeds = _scatter(embeds, input_ids == edit.token_id, edit.values, f"token {edit.token_id}")
+        return embeds
+
+
+class TemporalEncoder(nn.Module):
+    """A transformer over the pooled patch tokens of all frames, with a learned frame embedding."""
+
+    def __init__(self, width: int, depth: int, heads: int, max_frames: int):
+        super().__init__()
+        self.frame_embedding = nn.Parameter(torch.zeros(max_frames, width))
+        nn.init.trunc_normal_(self.frame_embedding, std=0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, C) pooled tokens per frame -> (B, T * N, C)."""
+        num_frames = tokens.shape[1]
+        if num_frames > self.frame_embedding.shape[0]:
+            raise ConfigError(f"clip of {num_frames} frames exceeds max_frames={self.frame_embedding.shape[0]}")
+        tokens = tokens + self.frame_embedding[:num_frames, None]
+        return self.norm(self.blocks(tokens.flatten(1, 2)))
+
+
+def build_word_tokenizer(vocabulary: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer (``tokenizers``) over ``vocabulary`` plus the prompt words."""
+    pre_tokenizer = pre_tokenizers.Whitespace()
+    words = set(PROMPT_WORDS)
+    for text in vocabulary:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text.lower()))
+    vocab = {token: index for index, token in enumerate(list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS)))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizer
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        eos_token="</s>",
+        additional_special_tokens=[VISUAL_TOKEN],
+    )
+
+
+def _projector(width: int, hidden: int) -> nn.Sequential:
+    """V→L adapter: MLP with GELU, as VideoGLaMM's ``mlp2x_gelu``."""
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if left:
+            ids[i, length - len(row) :], mask[i, length - len(row) :] = torch.tensor(row), 1
+        else:
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+    return ids, mask
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip padding, so left- and right-padded rows agree."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def _scatter(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, what: str) -> torch.Tensor:
+    """Write values[b, k] at the k-th True of where[b]; every row must have K of them."""
+    counts = where.sum(dim=1)
+    if values.shape[0] != embeds.shape[0] or bool((counts != values.shape[1]).any()):
+        raise ValueError(f"{what}: {tuple(values.shape[:2])} embeddings for placeholders per row {counts.tolist()}")
+    return embeds.masked_scatter(where.unsqueeze(-1), values.to(embeds.dtype))
+
+
+register_host("tiny", TinyVideoLLM.from_pretrained)
