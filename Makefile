@@ -39,11 +39,20 @@ data: $(DATA)/valid_u/meta_expressions.json
 $(DATA)/valid_u/meta_expressions.json: | $(INSTALLED)
 	$(SPARROW) data synth --out $(DATA) --seed 0
 
-# The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST).
-tiny-host: $(TINY_HOST)/config.json
+# The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST):
+# SAM2 and the video LLM side by side, one thread each, then the grounding head.
+tiny-host: $(TINY_HOST)/.ready
 
-$(TINY_HOST)/config.json: | $(INSTALLED) data
-	$(SPARROW) fit --config recipes/tiny/pretrain.yaml
+$(TINY_HOST)/.ready: | $(INSTALLED) data
+	$(MAKE) --no-print-directory -j2 tiny-host-sam2 tiny-host-llm
+	$(SPARROW) fit --config recipes/tiny/pretrain_grounding.yaml --ckpt_path last
+	touch $@
+
+.PHONY: tiny-host-sam2 tiny-host-llm
+tiny-host-sam2:
+	OMP_NUM_THREADS=1 $(SPARROW) fit --config recipes/tiny/pretrain_sam2.yaml --ckpt_path last
+tiny-host-llm:
+	OMP_NUM_THREADS=1 $(SPARROW) fit --config recipes/tiny/pretrain_host.yaml --ckpt_path last
 
 ifeq ($(BASE),tiny)
 train: $(INSTALLED) data tiny-host

@@ -103,18 +103,19 @@ def _report_command(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point; ``argv`` defaults to the command line (tests pass it explicitly)."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "data":
-            _data_command(argv[1:])
-        elif argv and argv[0] == "report":
-            _report_command(argv[1:])
+        if args and args[0] == "data":
+            _data_command(args[1:])
+        elif args and args[0] == "report":
+            _report_command(args[1:])
         else:
             SparrowCLI(
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},
-                args=argv,
+                args=argv,  # None: LightningCLI reads sys.argv itself
             )
     except SparrowError as error:
         print(f"sparrow: error: {error}", file=sys.stderr)

@@ -64,11 +64,27 @@ class DecoderSettings:
             ``per_frame`` (prompt every frame independently).
         cond_frame: the prompted frame in ``track`` mode.
         train_mask_decoder: also train SAM2's mask decoder (LISA, VideoGLaMM and GLUS do).
+        train_frames: in training, decode only this many frames of each clip (the first
+            ones from the prompted frame in ``track`` mode, a random subset in
+            ``per_frame`` mode); the LLM still sees the whole clip. None: all frames.
+        prompt_tokens: SAM2 prompt tokens per [SEG] when SPARROW builds the [SEG]
+            adapter (UniPixel's head emits 2); a host's own projection decides for itself.
+        gate_masks_in_training: keep SAM2's rule that a mask scored "absent" becomes a
+            constant (no gradient) in training too; UniPixel applies it at inference only.
     """
 
     mode: Literal["track", "per_frame"] = "track"
     cond_frame: int = 0
     train_mask_decoder: bool = False
+    train_frames: int | None = None
+    prompt_tokens: int = 1
+    gate_masks_in_training: bool = True
+
+    def __post_init__(self):
+        if self.train_frames is not None and self.train_frames < 1:
+            raise ConfigError(f"decoder.train_frames must be >= 1 or null, got {self.train_frames}")
+        if self.prompt_tokens < 1:
+            raise ConfigError(f"decoder.prompt_tokens must be >= 1, got {self.prompt_tokens}")
 
 
 @dataclass
@@ -81,6 +97,9 @@ class SparrowConfig:
         lr_scale: learning-rate multiplier per parameter group (``lora``, ``adapters``,
             ``tokens``, ``seg_adapter``, ``mask_decoder``); 1 when absent.
         max_new_tokens: generation budget at validation/test time.
+        no_target: how a query with nothing to segment is trained: ``answer`` (the LLM
+            answers the host's ``no_target_answer``, without [SEG]) or ``empty_mask``
+            (the LLM answers as usual and the decoder learns an empty mask).
         kinds: expression kinds reported by the metric (our synthetic benchmark's kinds;
             MeViS has one kind, ``all``).
     """
@@ -91,6 +110,7 @@ class SparrowConfig:
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     lr_scale: dict[str, float] = field(default_factory=dict)
     max_new_tokens: int = 16
+    no_target: Literal["answer", "empty_mask"] = "answer"
     kinds: list[str] = field(default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "all"])
 
     def __post_init__(self):

@@ -24,7 +24,7 @@ from torch import nn
 from sparrow_plugin.config import PARAMETER_GROUPS, SparrowConfig
 from sparrow_plugin.decoder import SAM2VideoDecoder
 from sparrow_plugin.errors import CheckpointError, ConfigError
-from sparrow_plugin.grounding import GroundingAdapter
+from sparrow_plugin.grounding import PromptProjection
 from sparrow_plugin.interfaces import HostAdapter, VideoBatch
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.metrics import MeViSMetric
@@ -66,7 +66,10 @@ class SparrowWrapper(L.LightningModule):
         self.decoder = SAM2VideoDecoder.from_spec(
             self.host.decoder_spec(), mode=self.config.decoder.mode, cond_frame=self.config.decoder.cond_frame
         )
-        self.seg_adapter = self.host.seg_projection() or GroundingAdapter(self.host.hidden_size, self.decoder.prompt_dim)
+        self.decoder.sam.gate_masks_in_training = self.config.decoder.gate_masks_in_training
+        self.seg_adapter = self.host.seg_projection() or PromptProjection(
+            self.host.hidden_size, self.decoder.prompt_dim, num_tokens=self.config.decoder.prompt_tokens
+        )
         self._inject_lora()
         self.trainable_groups = self._select_trainable()
         self.metrics = nn.ModuleDict({stage: MeViSMetric(self.config.kinds) for stage in ("val", "test")})
@@ -149,14 +152,15 @@ class SparrowWrapper(L.LightningModule):
     def _losses(self, batch: VideoBatch, visual) -> dict[str, torch.Tensor]:
         weights = self.config.loss
         has_target = batch.masks.flatten(1).any(dim=1).tolist()
-        answers = [self._answer(t) for t in has_target]
+        answers = [self._answer(t or self.config.no_target == "empty_mask") for t in has_target]
         inputs = self.host.build_inputs(visual, batch.queries, answers)
         output = self.host(inputs)
         losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
         states, rows = self._grounding_states(inputs.input_ids, output.grounding_states)
         if rows.numel():
-            decoded = self.decoder(batch.frames, self.seg_adapter(states), clip_index=rows)
-            targets = batch.masks[rows]
+            frames, cond = self._training_frames(batch.frames.shape[1], batch.frames.device)
+            decoded = self.decoder(batch.frames[:, frames], self.seg_adapter(states), clip_index=rows, cond_frame=cond)
+            targets = batch.masks[rows][:, frames]
             losses["bce"] = mask_bce_loss(decoded.mask_logits, targets)
             losses["dice"] = mask_dice_loss(decoded.mask_logits, targets)
             if weights.presence > 0:
@@ -164,6 +168,19 @@ class SparrowWrapper(L.LightningModule):
         total = sum(getattr(weights, name) * value for name, value in losses.items())
         losses["loss"] = total
         return losses
+
+    def _training_frames(self, num_frames: int, device) -> tuple[torch.Tensor, int | None]:
+        """Frames of a clip the decoder is trained on (all, unless ``train_frames``), and
+        the prompted frame's index among them (track mode)."""
+        settings = self.config.decoder
+        count = settings.train_frames
+        if count is None or count >= num_frames:
+            return torch.arange(num_frames, device=device), None
+        if settings.mode == "track":
+            cond = settings.cond_frame % num_frames
+            start = min(cond, num_frames - count)  # a window that contains the prompted frame
+            return torch.arange(start, start + count, device=device), cond - start
+        return torch.randperm(num_frames, device=device)[:count].sort().values, None
 
     def _answer(self, has_target: bool) -> str:
         if not has_target:
@@ -224,7 +241,8 @@ class SparrowWrapper(L.LightningModule):
         results = metric.compute()
         metric.reset()
         for name, value in results.items():
-            self.log(f"{stage}/{name}", float(value), prog_bar=name == "J&F", sync_dist=False)
+            if name.rsplit("/", 1)[-1] in ("J", "F", "J&F"):  # counts go to the results file
+                self.log(f"{stage}/{name}", float(value), prog_bar=name == "J&F")
         return results
 
     # ------------------------------------------------------------------ optimisation
@@ -287,4 +305,7 @@ def resolve_host(base: str | type | nn.Module, host_args: Mapping[str, Any]) -> 
 
 
 def _contract_members() -> list[str]:
-    return sorted(name for name in HostAdapter.__protocol_attrs__)  # type: ignore[attr-defined]
+    """Names a host must have: the protocol's annotated attributes and its methods."""
+    methods = [name for name, value in vars(HostAdapter).items() if not name.startswith("_") and callable(value)]
+    properties = [name for name, value in vars(HostAdapter).items() if isinstance(value, property)]
+    return sorted(set(HostAdapter.__annotations__) | set(methods) | set(properties))

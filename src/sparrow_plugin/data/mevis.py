@@ -114,10 +114,10 @@ class MeViSDataset(Dataset):
     def _load(self, expression: ReferringExpression) -> dict:
         frame_indices = self._choose_frames(len(expression.frames))
         frame_names = [expression.frames[i] for i in frame_indices]
-        frames = np.stack([self._read_frame(expression.video, name) for name in frame_names])
+        frames = np.stack([self.read_frame(expression.video, name) for name in frame_names])
         height, width = frames.shape[1:3]
         item = {
-            "frames": self._resize_frames(frames),
+            "frames": self.resize_frames(frames),
             "masks": None,
             "object_masks": None,
             "full_masks": None,
@@ -195,17 +195,19 @@ class MeViSDataset(Dataset):
             return sorted(torch.randperm(total)[: self.num_frames].tolist())
         return np.linspace(0, total - 1, self.num_frames).round().astype(int).tolist()
 
-    def _read_frame(self, video: str, name: str) -> np.ndarray:
+    def read_frame(self, video: str, name: str) -> np.ndarray:
+        """One frame as (H, W, 3) uint8; a file that does not decode raises DatasetError."""
         path = self._frame_path(video, name)
         try:
             with Image.open(path) as image:
-                return np.asarray(image.convert("RGB"))
+                return np.array(image.convert("RGB"))
         except FileNotFoundError:
             raise DatasetError(path, f"missing frame {name!r} of video {video!r}") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise DatasetError(path, f"corrupt JPEG, cannot decode it ({error})") from None
 
-    def _resize_frames(self, frames: np.ndarray) -> torch.Tensor:
+    def resize_frames(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, 3, S, S) float in [0, 1]."""
         tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
         size = (self.image_size, self.image_size)
         if tensor.shape[-2:] == size:
@@ -220,10 +222,11 @@ class MeViSDataset(Dataset):
             for t, (index, name) in enumerate(zip(frame_indices, frame_names)):
                 rle = per_frame[index]
                 if rle is not None:
-                    masks[k, t] = self._decode_rle(rle, anno_id, name, size)
+                    masks[k, t] = self.decode_rle(rle, anno_id, name, size)
         return torch.from_numpy(masks)
 
-    def _decode_rle(self, rle, anno_id: int, frame_name: str, size) -> np.ndarray:
+    def decode_rle(self, rle, anno_id: int, frame_name: str, size) -> np.ndarray:
+        """A mask_dict entry as (H, W) bool, checked against the frame size."""
         where = f"anno_id {anno_id}, frame {frame_name!r}"
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
             raise DatasetError(self.mask_path, f"{where}: expected a COCO RLE {{'size': [H, W], 'counts': ...}} or null")

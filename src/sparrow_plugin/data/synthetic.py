@@ -168,7 +168,10 @@ def _write_split(split_dir: Path, split: str, num_videos: int, rng: np.random.Ge
         meta["videos"][video] = {
             "frames": frame_names,
             # not part of MeViS: what each object is, for the tiny host's pre-training
-            "objects": {str(i): {"colour": o.colour, "shape": o.shape, "size": o.size, "motion": o.motion} for i, o in enumerate(objects)},
+            "objects": {
+                str(i): {"anno_id": anno_ids[i], "colour": o.colour, "shape": o.shape, "size": o.size, "motion": o.motion}
+                for i, o in enumerate(objects)
+            },
             "expressions": {
                 str(i): {
                     "exp": e.text,

@@ -24,8 +24,12 @@ __all__ = ["PromptableSAM2"]
 class PromptableSAM2(SAM2Base):
     """SAM2Base plus token prompts for the frames it is told to condition on."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, gate_masks_in_training: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        # SAM2 replaces the masks of objects it scores as absent with a constant, which
+        # also cuts their gradient; UniPixel applies that gate at inference only, so a
+        # freshly initialised prompt still learns where the object is.
+        self.gate_masks_in_training = gate_masks_in_training
         self._prompt_tokens: torch.Tensor | None = None
         self._prompt_layout: str = "tokens_only"
         self._prompt_multimask: bool = False
@@ -82,13 +86,19 @@ class PromptableSAM2(SAM2Base):
         """SAM2's tracking step; also keeps ``object_score_logits`` while training.
 
         SAM2Base drops them in training mode, but SPARROW supervises object presence
-        (no-target queries, occluded frames), so they are returned in both modes.
+        (no-target queries, occluded frames), so they are returned in both modes. With
+        ``gate_masks_in_training`` False, training masks are never replaced by SAM2's
+        "absent" constant (the scores themselves are returned unchanged).
         """
         was_training = self.training
+        ungated = was_training and not self.gate_masks_in_training
         scores = {}
 
         def keep_scores(module, inputs, output):
             scores["logits"] = output[3]
+            if ungated:  # SAM2 gates on logits > 0: report "present" to its gate only
+                return (*output[:3], torch.full_like(output[3], 10.0))
+            return output
 
         handle = self.sam_mask_decoder.register_forward_hook(keep_scores)
         try:

@@ -75,6 +75,7 @@ class SAM2VideoDecoder(nn.Module):
         clip_index: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cond_frame: int | None = None,
     ) -> DecoderOutput:
         """Segment N prompted objects in B clips.
 
@@ -87,6 +88,7 @@ class SAM2VideoDecoder(nn.Module):
                 given to the prompted frame as SAM2 box prompts.
             points: optional ((N, P, 2) xy pixels, (N, P) int labels: 1 positive,
                 0 negative), SAM2 point prompts for the prompted frame.
+            cond_frame: the prompted frame for this call (default: ``self.cond_frame``).
         Returns:
             :class:`DecoderOutput` with (N, T, S, S) mask logits and (N, T) object logits.
         """
@@ -102,15 +104,15 @@ class SAM2VideoDecoder(nn.Module):
         features, positions, sizes = self.sam.encode_frames(self._normalise(frames.flatten(0, 1)))
         if self.mode == "per_frame":
             return self._decode_per_frame(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames)
-        return self._track(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames)
+        cond = (self.cond_frame if cond_frame is None else cond_frame) % num_frames
+        return self._track(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames, cond)
 
     def _prompting(self, tokens: torch.Tensor | None):
         if tokens is None:
             return nullcontext()
         return self.sam.prompt_tokens(tokens, self.prompt_layout, self.multimask)
 
-    def _track(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames) -> DecoderOutput:
-        cond = self.cond_frame % num_frames
+    def _track(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames, cond) -> DecoderOutput:
         order = list(range(cond, num_frames)) + list(range(cond - 1, -1, -1))
         output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         masks, scores = [None] * num_frames, [None] * num_frames

@@ -1,5 +1,6 @@
-"""Grounding plugins: L→V adapters for [SEG] and [BOX] (proposer and filtration come later)."""
+"""Grounding plugins: the L→V adapters for [SEG] and [BOX] (the box proposer and the
+filtration head join them with stage 2)."""
 
-from sparrow_plugin.grounding.adapters import GroundingAdapter
+from sparrow_plugin.modules import PromptProjection
 
-__all__ = ["GroundingAdapter"]
+__all__ = ["PromptProjection"]

@@ -9,13 +9,15 @@ same contract as the real hosts::
     LLM: Qwen2 architecture from a small transformers config
     tokenizer: word level (`tokenizers`), built from a benchmark's expressions
     SAM2: our 128 px config (``sam2.1_hiera_tiny128``)
+    grounding head (optional): answer-position hidden state -> SAM2 prompt tokens, the
+        tiny counterpart of VideoGLaMM's ``text_hidden_fcs`` (``seg_projection()``)
 
 Everything starts random. :mod:`sparrow_plugin.hosts.tiny_pretraining` gives it the
 pre-training real hosts arrive with, and saves it as a release folder that
 :meth:`TinyVideoLLM.from_pretrained` reads::
 
     <folder>/config.json          TinyHostConfig fields
-    <folder>/model.safetensors    host weights (vision, projectors, LLM)
+    <folder>/model.safetensors    host weights (vision, projectors, LLM, grounding head)
     <folder>/sam2.safetensors     the host's SAM2 weights (optional)
     <folder>/tokenizer.json ...   the word-level tokenizer (save_pretrained layout)
 """
@@ -47,6 +49,7 @@ from sparrow_plugin.interfaces import (
     HostOutput,
     VisualFeatures,
 )
+from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.registry import register_host
 
 __all__ = ["TinyHostConfig", "TinyVideoLLM", "build_word_tokenizer", "PROMPT_WORDS"]
@@ -74,6 +77,8 @@ class TinyHostConfig:
         llm_frames: frames of the clip (evenly spaced) the temporal branch reads.
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the Qwen2 LLM.
         sam2_config: the host's SAM2 config.
+        grounding_head_tokens: SAM2 prompt tokens of the grounding head; 0 = no head.
+        grounding_head_dim: their width (SAM2's prompt width).
     """
 
     image_size: int = 128
@@ -92,6 +97,8 @@ class TinyHostConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 384
     sam2_config: str = "sam2.1_hiera_tiny128"
+    grounding_head_tokens: int = 0
+    grounding_head_dim: int = 64
 
     def __post_init__(self):
         self.context_frames = tuple(self.context_frames)
@@ -112,7 +119,7 @@ class TinyVideoLLM(nn.Module):
 
     grounding_offset = -1  # LISA convention, as the released hosts
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
-    answer_template = "sure {grounding} ."
+    answer_template = "{grounding} ."  # [SEG] is predicted right after "answer :"
     no_target_answer = "no target ."
 
     def __init__(self, config: TinyHostConfig, tokenizer: PreTrainedTokenizerFast, sam2_state: dict | None = None):
@@ -134,6 +141,11 @@ class TinyVideoLLM(nn.Module):
         self.temporal_encoder = TemporalEncoder(config.vision_width, config.temporal_depth, config.vision_heads, config.max_frames)
         self.spatial_projector = _projector(config.vision_width, config.hidden_size)
         self.temporal_projector = _projector(config.vision_width, config.hidden_size)
+        self.grounding_head = (
+            PromptProjection(config.hidden_size, config.grounding_head_dim, config.grounding_head_tokens)
+            if config.grounding_head_tokens
+            else None
+        )
         self.llm = Qwen2ForCausalLM(
             Qwen2Config(
                 vocab_size=len(tokenizer),
@@ -213,7 +225,7 @@ class TinyVideoLLM(nn.Module):
         return DecoderSpec(config=self.config.sam2_config, state_dict=self._sam2_state)
 
     def seg_projection(self) -> nn.Module | None:
-        return None
+        return self.grounding_head
 
     def add_tokens(self, tokens: Sequence[str]) -> dict[str, int]:
         ids, _ = add_tokens_to_llm(self.llm, self.tokenizer, tokens)

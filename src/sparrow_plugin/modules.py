@@ -1,18 +1,18 @@
-"""L→V adapters: an LLM hidden state at a grounding token -> decoder prompt tokens."""
+"""Building blocks shared by hosts and plugins (no contract, no dependency on either)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["GroundingAdapter"]
+__all__ = ["PromptProjection"]
 
 
-class GroundingAdapter(nn.Module):
-    """Linear-ReLU-Linear from the LLM width to ``num_tokens`` prompt tokens.
+class PromptProjection(nn.Module):
+    """L→V projection: Linear-ReLU-Linear from the LLM width to ``num_tokens`` prompt tokens.
 
-    The same shape as LISA/VideoGLaMM/GLUS' ``text_hidden_fcs`` (for one token), so a
-    host's released projection and a fresh adapter are interchangeable.
+    The shape of LISA/VideoGLaMM/GLUS' ``text_hidden_fcs`` (for one token): SPARROW's fresh
+    [SEG] adapter, and the tiny host's own grounding head.
 
     Args:
         hidden_size: LLM width.

@@ -1,0 +1,24 @@
+"""Shared fixtures. Everything runs on the CPU, small, under tmp paths."""
+
+import os
+
+import pytest
+import torch
+
+from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+SMALL = SyntheticConfig(train_videos=6, valid_videos=4)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic benchmark in the MeViS layout (read-only: copy before breaking it)."""
+    return generate_benchmark(tmp_path_factory.mktemp("synthetic"), seed=0, config=SMALL)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,101 @@
+"""The `sparrow` command on the shipped recipes, redirected to temporary folders."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparrow_plugin.cli import main
+from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.hosts.tiny import TinyHostConfig, TinyVideoLLM
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SMALL_HOST = TinyHostConfig(vision_depth=1, num_layers=2, hidden_size=64, intermediate_size=128, llm_frames=2)
+
+
+@pytest.fixture
+def tiny_host(tmp_path, synthetic_root):
+    host = TinyVideoLLM.create([e.text for e in MeViSDataset(synthetic_root, "train", image_size=32).expressions], SMALL_HOST)
+    host.save_pretrained(tmp_path / "host")
+    return tmp_path / "host"
+
+
+def _recipe(name: str, tmp_path: Path, root: Path, host: Path, **replace) -> str:
+    """The shipped recipe with its data, host and output folders moved under tmp_path."""
+    text = (RECIPES / name).read_text()
+    text = text.replace("outputs/tiny/host", str(host)).replace("data/synthetic", str(root))
+    text = text.replace("outputs/tiny", str(tmp_path / "outputs"))
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path / name.replace("/", "_")
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")))
+def test_every_recipe_parses(recipe, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(RECIPES / recipe), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "class_path" in printed and "trainer:" in printed
+
+
+def test_stage1_recipe_fast_dev_run(tmp_path, synthetic_root, tiny_host):
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
+    main(["fit", "--config", recipe, "--trainer.fast_dev_run", "true"])
+
+
+def test_resume_from_last_continues_the_step_count(tmp_path, synthetic_root, tiny_host):
+    recipe = _recipe(
+        "tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host,
+        **{"every_n_train_steps: 100": "every_n_train_steps: 1", "val_check_interval: 400": "val_check_interval: 4"},
+    )
+    common = ["--config", recipe, "--trainer.log_every_n_steps", "1", "--data.init_args.val_limit", "2"]
+    main(["fit", *common, "--trainer.max_steps", "2", "--ckpt_path", "last"])
+    last = tmp_path / "outputs" / "stage1" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, map_location="cpu", weights_only=False)
+    assert first["global_step"] == 2
+    main(["fit", *common, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    second = torch.load(last, map_location="cpu", weights_only=False)
+    assert second["global_step"] == 4
+    logs = sorted((tmp_path / "outputs" / "stage1" / "logs").glob("version_*/metrics.csv"))
+    assert len(logs) == 2
+    steps = [int(row["step"]) for row in csv.DictReader(logs[1].open()) if row.get("train/loss")]
+    assert steps and min(steps) == 2  # the resumed run continued at step 2, it did not restart
+    assert set(second["state_dict"]) == set(first["state_dict"])
+
+
+def test_test_command_writes_results(tmp_path, synthetic_root, tiny_host, capsys):
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
+    results = tmp_path / "results.json"
+    main(["test", "--config", recipe, "--results", str(results)])
+    data = json.loads(results.read_text())
+    assert data["expressions"] == len(MeViSDataset(synthetic_root, "valid_u", image_size=32))
+    assert "J&F" in data and "no_seg" in data
+    main(["report", str(results), str(results), "--names", "before", "after"])
+    table = capsys.readouterr().out
+    assert "overall" in table and "before J" in table and "after J" in table
+
+
+def test_bad_input_gives_one_message(tmp_path, synthetic_root, tiny_host, capsys):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(synthetic_root, root)
+    frame = sorted((root / "valid_u" / "JPEGImages").glob("*/*.jpg"))[0]
+    frame.write_bytes(b"not a jpeg")
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, root, tiny_host)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", recipe])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"sparrow: error: {frame}: corrupt JPEG" in err and "Traceback" not in err
+
+
+def test_data_synth_command(tmp_path):
+    main(["data", "synth", "--out", str(tmp_path / "syn"), "--seed", "3", "--train-videos", "2", "--valid-videos", "1"])
+    assert (tmp_path / "syn" / "valid_u" / "mask_dict.json").is_file()

@@ -1,0 +1,143 @@
+"""The synthetic benchmark and the MeViS-layout loader, including bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from sparrow_plugin.data import MeViSDataset, ReferringVideoDataModule, collate_referring
+from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, SyntheticConfig, generate_benchmark
+from sparrow_plugin.errors import DatasetError
+
+from .conftest import SMALL
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_identical_bytes(tmp_path, synthetic_root):
+    again = generate_benchmark(tmp_path / "again", seed=0, config=SMALL)
+    assert _files(again) == _files(synthetic_root)
+
+
+def test_other_seed_differs(tmp_path, synthetic_root):
+    other = generate_benchmark(tmp_path / "other", seed=1, config=SMALL)
+    assert _files(other) != _files(synthetic_root)
+
+
+def test_layout_and_expression_kinds(tmp_path):
+    root = generate_benchmark(tmp_path, seed=3, config=SyntheticConfig(train_videos=40, valid_videos=2))
+    for split in ("train", "valid_u"):
+        for name in ("meta_expressions.json", "mask_dict.json", "boxes_coco.json"):
+            assert (root / split / name).is_file()
+    meta = json.loads((root / "train" / "meta_expressions.json").read_text())
+    kinds = {e["kind"] for v in meta["videos"].values() for e in v["expressions"].values()}
+    assert kinds == set(EXPRESSION_KINDS)
+    no_target = [e for v in meta["videos"].values() for e in v["expressions"].values() if e["kind"] == "no_target"]
+    assert all(e["anno_id"] == [] for e in no_target)
+    coco = json.loads((root / "train" / "boxes_coco.json").read_text())
+    assert coco["annotations"] and all(len(a["bbox"]) == 4 and a["iscrowd"] == 0 for a in coco["annotations"])
+
+
+def test_loader_reads_union_masks_and_resizes(synthetic_root):
+    dataset = MeViSDataset(synthetic_root, "valid_u", image_size=64)
+    item = next(dataset[i] for i in range(len(dataset)) if dataset.expressions[i].kind == "multi")
+    frames, masks, full = item["frames"], item["masks"], item["full_masks"]
+    assert frames.shape == (8, 3, 64, 64) and 0 <= frames.min() and frames.max() <= 1
+    assert masks.shape == (8, 64, 64) and full.shape == (8, 120, 160)
+    assert item["object_masks"].shape[0] == len(item["obj_ids"]) >= 2
+    assert torch.equal(item["object_masks"].any(dim=0), masks)  # the union of the referred objects
+    assert masks.any() and full.any() and item["original_size"] == (120, 160)
+
+
+def test_expressions_are_normalised(tmp_path, synthetic_root):
+    root = tmp_path / "copy"
+    shutil.copytree(synthetic_root, root)
+    meta_path = root / "valid_u" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    first = next(iter(meta["videos"].values()))["expressions"]["0"]
+    first["exp"] = "  The   RED\tcircle "
+    meta_path.write_text(json.dumps(meta))
+    dataset = MeViSDataset(root, "valid_u", image_size=32)
+    assert dataset.expressions[0].text == "the red circle"
+
+
+def test_datamodule_batches(synthetic_root):
+    dm = ReferringVideoDataModule(synthetic_root, image_size=32, batch_size=3, train_frames=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.frames.shape == (3, 4, 3, 32, 32) and batch.masks.shape == (3, 4, 32, 32)
+    assert set(dm.kinds()) <= set(EXPRESSION_KINDS)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def broken_root(tmp_path, synthetic_root):
+    root = tmp_path / "broken"
+    shutil.copytree(synthetic_root, root)
+    return root
+
+
+def _first_frame(root):
+    return sorted((root / "valid_u" / "JPEGImages").glob("*/*.jpg"))[0]
+
+
+def test_corrupt_jpeg_names_the_file(broken_root):
+    frame = _first_frame(broken_root)
+    frame.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    dataset = MeViSDataset(broken_root, "valid_u", image_size=32)
+    index = next(i for i, e in enumerate(dataset.expressions) if e.video == frame.parent.name)
+    with pytest.raises(DatasetError, match="corrupt JPEG") as error:
+        dataset[index]
+    assert str(frame) in str(error.value)
+
+
+def test_missing_frame_names_the_file(broken_root):
+    frame = _first_frame(broken_root)
+    frame.unlink()
+    with pytest.raises(DatasetError, match="missing frame") as error:
+        MeViSDataset(broken_root, "valid_u", image_size=32)
+    assert str(frame) in str(error.value)
+
+
+def test_rle_size_mismatch_names_file_and_sizes(broken_root):
+    mask_path = broken_root / "valid_u" / "mask_dict.json"
+    masks = json.loads(mask_path.read_text())
+    anno_id, per_frame = next((k, v) for k, v in masks.items() if v[0] is not None)
+    per_frame[0]["size"] = [240, 320]
+    mask_path.write_text(json.dumps(masks))
+    dataset = MeViSDataset(broken_root, "valid_u", image_size=32)
+    index = next(i for i, e in enumerate(dataset.expressions) if int(anno_id) in e.anno_ids)
+    with pytest.raises(DatasetError, match=r"RLE size \[240, 320\] disagrees with the frame size \[120, 160\]") as error:
+        dataset[index]
+    assert "mask_dict.json" in str(error.value) and f"anno_id {anno_id}" in str(error.value)
+
+
+def test_empty_expression_names_video_and_id(broken_root):
+    meta_path = broken_root / "valid_u" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = next(iter(meta["videos"]))
+    meta["videos"][video]["expressions"]["0"]["exp"] = "   "
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=f"video '{video}' expression '0': empty expression text"):
+        MeViSDataset(broken_root, "valid_u", image_size=32)
+
+
+def test_broken_json_and_missing_split(broken_root):
+    (broken_root / "valid_u" / "meta_expressions.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        MeViSDataset(broken_root, "valid_u")
+    with pytest.raises(DatasetError, match="split folder not found"):
+        MeViSDataset(broken_root, "nope")
+
+
+def test_collate_refuses_mixed_lengths(synthetic_root):
+    dataset = MeViSDataset(synthetic_root, "valid_u", image_size=16)
+    a, b = dataset[0], dataset[1]
+    b = {**b, "frames": b["frames"][:3]}
+    with pytest.raises(ValueError, match="different lengths"):
+        collate_referring([a, b])
