@@ -99,3 +99,25 @@ def test_bad_input_gives_one_message(tmp_path, synthetic_root, tiny_host, capsys
 def test_data_synth_command(tmp_path):
     main(["data", "synth", "--out", str(tmp_path / "syn"), "--seed", "3", "--train-videos", "2", "--valid-videos", "1"])
     assert (tmp_path / "syn" / "valid_u" / "mask_dict.json").is_file()
+
+
+def test_predict_writes_submission_pngs_and_overlays(tmp_path, synthetic_root, tiny_host):
+    from PIL import Image
+
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
+    out = tmp_path / "predictions"
+    main([
+        "predict", "--config", recipe,
+        "--trainer.callbacks+=sparrow_plugin.predict.MaskWriter",
+        f"--trainer.callbacks.output_dir={out}",
+        "--trainer.callbacks.max_overlays=2",
+    ])
+    dataset = MeViSDataset(synthetic_root, "valid_u", image_size=32)
+    first = dataset.expressions[0]
+    pngs = sorted((out / first.video / first.exp_id).glob("*.png"))
+    assert [p.stem for p in pngs] == list(first.frames)
+    mask = Image.open(pngs[0])
+    assert mask.size == (160, 120) and set(mask.getdata()) <= {0, 255}
+    assert len(list((out / "overlays").glob("*.jpg"))) == 2
+    answers = json.loads((out / "answers.json").read_text())
+    assert len(answers) == len(dataset)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from sparrow_plugin.errors import ConfigError
@@ -112,6 +112,15 @@ class SparrowConfig:
     max_new_tokens: int = 16
     no_target: Literal["answer", "empty_mask"] = "answer"
     kinds: list[str] = field(default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "all"])
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SparrowConfig":
+        """Rebuild from plain data (a checkpoint's hyper-parameters, a parsed YAML)."""
+        nested = {"lora": LoraSettings, "loss": LossWeights, "decoder": DecoderSettings}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown SparrowConfig fields {unknown}")
+        return cls(**{k: nested[k](**v) if k in nested and isinstance(v, dict) else v for k, v in values.items()})
 
     def __post_init__(self):
         if self.stage != 1:

@@ -50,13 +50,13 @@ class SparrowWrapper(L.LightningModule):
         self,
         base: str | type | nn.Module = "tiny",
         host_args: dict[str, Any] | None = None,
-        config: SparrowConfig | None = None,
+        config: SparrowConfig | dict | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(base, str) else ["base"])
-        self.config = config or SparrowConfig()
+        self.config = SparrowConfig.from_dict(config) if isinstance(config, dict) else (config or SparrowConfig())
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.host = resolve_host(base, host_args or {})
 

@@ -19,6 +19,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
     Args:
         root: dataset root (``<root>/<split>/meta_expressions.json`` ...).
         train_split, val_split, test_split: split folder names.
+        predict_split: split ``sparrow predict`` runs on (default: the test split; MeViS
+            ``valid`` has no masks and is scored by the benchmark server).
         image_size: frames are resized to this square size (the decoder's input).
         train_frames: frames per training sample (random sorted subset); None = all.
         eval_frames: frames per evaluation sample; None = all (the benchmark protocol).
@@ -33,6 +35,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         train_split: str = "train",
         val_split: str = "valid_u",
         test_split: str = "valid_u",
+        predict_split: str | None = None,
         image_size: int = 1024,
         train_frames: int | None = 8,
         eval_frames: int | None = None,
@@ -74,6 +77,10 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset(self.hparams.test_split, False), self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        split = self.hparams.predict_split or self.hparams.test_split
+        return self._loader(self.dataset(split, False), self.hparams.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
