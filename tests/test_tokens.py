@@ -93,3 +93,16 @@ def test_tiny_host_save_and_load(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(Exception, match="host weights not found"):
         TinyVideoLLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_adding_tokens_twice_grows_the_rows(tie):
+    tokenizer = build_word_tokenizer(WORDS)
+    llm = _llm(len(tokenizer), tie=tie)
+    first, _ = add_tokens_to_llm(llm, tokenizer, ["[SEG]"])
+    ids, new = add_tokens_to_llm(llm, tokenizer, ["[SEG]", "[BOX]"])
+    assert ids["[SEG]"] == first["[SEG]"] and new == [ids["[BOX]"]]
+    embedding = llm.get_input_embeddings()
+    assert embedding.added_ids.tolist() == [ids["[SEG]"], ids["[BOX]"]] and embedding.added_rows.shape[0] == 2
+    logits = llm(input_ids=torch.tensor([[ids["[BOX]"], ids["[SEG]"]]])).logits
+    assert logits.shape[-1] == ids["[BOX]"] + 1

@@ -27,9 +27,24 @@ __all__ = ["AddedTokenEmbedding", "AddedTokenHead", "add_tokens_to_llm"]
 
 
 class _AddedRows:
-    """State-dict behaviour shared by both layers: the added rows are optional on load."""
+    """What both layers share: their own rows (new ids -> rows at the mean of ``weight``),
+    growing them, and loading a state dict that does not have them (the host's own)."""
 
     _optional_keys = ("added_rows", "added_ids")
+
+    def _init_added_rows(self, added_ids: Sequence[int]) -> None:
+        ids = torch.as_tensor(list(added_ids), dtype=torch.long, device=self.weight.device)
+        self.register_buffer("added_ids", ids)
+        self.added_rows = nn.Parameter(_mean_rows(self.weight, len(ids)))
+        self._register_load_state_dict_pre_hook(self._fill_missing_added_rows)
+
+    def _append_rows(self, new_ids: Sequence[int]) -> None:
+        new_ids = [i for i in new_ids if i not in set(self.added_ids.tolist())]
+        if not new_ids:
+            return
+        rows = _mean_rows(self.weight, len(new_ids)).to(self.added_rows.device, self.added_rows.dtype)
+        self.added_ids = torch.cat([self.added_ids, torch.as_tensor(new_ids, device=self.added_ids.device)])
+        self.added_rows = nn.Parameter(torch.cat([self.added_rows.data, rows]))
 
     def _fill_missing_added_rows(self, state_dict, prefix, *args):
         for name in self._optional_keys:
@@ -52,10 +67,7 @@ class AddedTokenEmbedding(nn.Embedding, _AddedRows):
         super().__init__(base.num_embeddings, base.embedding_dim, padding_idx=base.padding_idx, device="meta")
         self.weight = base.weight
         self.weight.requires_grad_(False)
-        ids = torch.as_tensor(list(added_ids), dtype=torch.long, device=base.weight.device)
-        self.register_buffer("added_ids", ids)
-        self.added_rows = nn.Parameter(_mean_rows(base.weight, len(ids)))
-        self._register_load_state_dict_pre_hook(self._fill_missing_added_rows)
+        self._init_added_rows(added_ids)
 
     @property
     def total_vocab(self) -> int:
@@ -72,12 +84,7 @@ class AddedTokenEmbedding(nn.Embedding, _AddedRows):
 
     def extend(self, new_ids: Sequence[int]) -> None:
         """Add more rows (a second ``add_tokens`` call)."""
-        new_ids = [i for i in new_ids if i not in set(self.added_ids.tolist())]
-        if not new_ids:
-            return
-        rows = _mean_rows(self.weight, len(new_ids)).to(self.added_rows.device, self.added_rows.dtype)
-        self.added_ids = torch.cat([self.added_ids, torch.as_tensor(new_ids, device=self.added_ids.device)])
-        self.added_rows = nn.Parameter(torch.cat([self.added_rows.data, rows]))
+        self._append_rows(new_ids)
 
 
 class AddedTokenHead(nn.Linear, _AddedRows):
@@ -96,9 +103,7 @@ class AddedTokenHead(nn.Linear, _AddedRows):
             self.bias.requires_grad_(False)
         self._tied_to = [tied_to] if tied_to is not None else []  # a list keeps it out of the module tree
         if tied_to is None:
-            self.register_buffer("added_ids", torch.as_tensor(list(added_ids), dtype=torch.long, device=base.weight.device))
-            self.added_rows = nn.Parameter(_mean_rows(base.weight, len(self.added_ids)))
-        self._register_load_state_dict_pre_hook(self._fill_missing_added_rows)
+            self._init_added_rows(added_ids)
 
     def _rows_and_ids(self) -> tuple[torch.Tensor, torch.Tensor]:
         source = self._tied_to[0] if self._tied_to else self
@@ -120,14 +125,9 @@ class AddedTokenHead(nn.Linear, _AddedRows):
         return logits.index_copy(-1, ids, added.to(logits.dtype))
 
     def extend(self, new_ids: Sequence[int]) -> None:
-        if self._tied_to:
-            return
-        new_ids = [i for i in new_ids if i not in set(self.added_ids.tolist())]
-        if not new_ids:
-            return
-        rows = _mean_rows(self.weight, len(new_ids)).to(self.added_rows.device, self.added_rows.dtype)
-        self.added_ids = torch.cat([self.added_ids, torch.as_tensor(new_ids, device=self.added_ids.device)])
-        self.added_rows = nn.Parameter(torch.cat([self.added_rows.data, rows]))
+        """Add more rows (a tied head reads the embedding's, which grows by itself)."""
+        if not self._tied_to:
+            self._append_rows(new_ids)
 
 
 def add_tokens_to_llm(llm: nn.Module, tokenizer, tokens: Sequence[str]) -> tuple[dict[str, int], list[int]]:
