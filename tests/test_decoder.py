@@ -111,3 +111,18 @@ def test_nothing_to_prompt_with():
     decoder = SAM2VideoDecoder.from_spec(DecoderSpec("sam2.1_hiera_tiny128"))
     with pytest.raises(ValueError, match="nothing to prompt"):
         decoder(torch.rand(1, 2, 3, 128, 128), None)
+
+
+def test_official_config_builds_with_token_prompts(tmp_path):
+    """sam2.1 Hiera-T from the package's own config, with an official-layout checkpoint."""
+    torch.manual_seed(0)
+    model = build_sam2("sam2.1_hiera_t")
+    assert model.image_size == 1024 and model.hidden_dim == 256
+    path = tmp_path / "sam2.1_hiera_tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    spec = DecoderSpec("sam2.1_hiera_t", checkpoint=str(path), prompt_layout="after_padding", multimask=True)
+    decoder = SAM2VideoDecoder.from_spec(spec).eval()
+    assert torch.equal(decoder.sam.no_mem_embed, model.no_mem_embed)
+    with torch.no_grad():
+        out = decoder(torch.rand(1, 2, 3, 256, 256), torch.randn(1, 2, 256))  # frames resized to 1024
+    assert out.mask_logits.shape == (1, 2, 1024, 1024)
