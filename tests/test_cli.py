@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,14 +23,15 @@ def tiny_host(tmp_path, synthetic_root):
     return tmp_path / "host"
 
 
-def _recipe(name: str, tmp_path: Path, root: Path, host: Path, **replace) -> str:
-    """The shipped recipe with its data, host and output folders moved under tmp_path."""
+def _recipe(name: str, tmp_path: Path, root: Path, host: Path, substitute: dict[str, str] | None = None) -> str:
+    """The shipped recipe with its data, host and output folders moved under tmp_path;
+    ``substitute`` maps regular expressions to replacements (each must match)."""
     text = (RECIPES / name).read_text()
     text = text.replace("outputs/tiny/host", str(host)).replace("data/synthetic", str(root))
     text = text.replace("outputs/tiny", str(tmp_path / "outputs"))
-    for old, new in replace.items():
-        assert old in text, old
-        text = text.replace(old, new)
+    for pattern, replacement in (substitute or {}).items():
+        text, count = re.subn(pattern, replacement, text)
+        assert count, pattern
     path = tmp_path / name.replace("/", "_")
     path.write_text(text)
     return str(path)
@@ -52,7 +54,7 @@ def test_stage1_recipe_fast_dev_run(tmp_path, synthetic_root, tiny_host):
 def test_resume_from_last_continues_the_step_count(tmp_path, synthetic_root, tiny_host):
     recipe = _recipe(
         "tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host,
-        **{"every_n_train_steps: 100": "every_n_train_steps: 1", "val_check_interval: 400": "val_check_interval: 4"},
+        substitute={r"every_n_train_steps: \d+": "every_n_train_steps: 1", r"val_check_interval: \d+": "val_check_interval: 4"},
     )
     common = ["--config", recipe, "--trainer.log_every_n_steps", "1", "--data.init_args.val_limit", "2"]
     main(["fit", *common, "--trainer.max_steps", "2", "--ckpt_path", "last"])
