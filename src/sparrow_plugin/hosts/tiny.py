@@ -33,22 +33,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
-from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from sparrow_plugin.errors import CheckpointError, ConfigError
-from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead, add_tokens_to_llm
-from sparrow_plugin.hosts.generation import greedy_generate
-from sparrow_plugin.interfaces import (
-    GROUNDING_TOKENS,
-    DecoderSpec,
-    EmbedEdit,
-    Generation,
-    HostInputs,
-    HostOutput,
-    VisualFeatures,
-)
+from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
+from sparrow_plugin.hosts.word_tokenizer import build_word_tokenizer as _build_word_tokenizer
+from sparrow_plugin.interfaces import DecoderSpec, HostInputs, VisualFeatures
 from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.registry import register_host
 
@@ -114,10 +106,9 @@ class TinyHostConfig:
         return self.image_size // self.patch_size
 
 
-class TinyVideoLLM(nn.Module):
+class TinyVideoLLM(CausalLMHost):
     """The tiny host (see the module docstring)."""
 
-    grounding_offset = -1  # LISA convention, as the released hosts
     default_lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj")
     answer_template = "{grounding} ."  # [SEG] is predicted right after "answer :"
     no_target_answer = "no target ."
@@ -125,7 +116,7 @@ class TinyVideoLLM(nn.Module):
     def __init__(self, config: TinyHostConfig, tokenizer: PreTrainedTokenizerFast, sam2_state: dict | None = None):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
-        self.grounding_token_names = dict(GROUNDING_TOKENS)
+        self.visual_placeholder_id = tokenizer.convert_tokens_to_ids(VISUAL_TOKEN)
         self._sam2_state = sam2_state
         self.spatial_encoder = VisionTransformer(
             img_size=config.image_size,
@@ -210,14 +201,6 @@ class TinyVideoLLM(nn.Module):
 
     # ------------------------------------------------------------------ contract
 
-    @property
-    def hidden_size(self) -> int:
-        return self.config.hidden_size
-
-    @property
-    def language_model(self) -> nn.Module:
-        return self.llm
-
     def adapter_modules(self) -> list[nn.Module]:
         return [self.spatial_projector, self.temporal_projector]
 
@@ -226,13 +209,6 @@ class TinyVideoLLM(nn.Module):
 
     def seg_projection(self) -> nn.Module | None:
         return self.grounding_head
-
-    def add_tokens(self, tokens: Sequence[str]) -> dict[str, int]:
-        ids, _ = add_tokens_to_llm(self.llm, self.tokenizer, tokens)
-        return ids
-
-    def new_token_parameters(self) -> list[nn.Parameter]:
-        return [m.added_rows for m in self.llm.modules() if isinstance(m, (AddedTokenEmbedding, AddedTokenHead)) and "added_rows" in m._parameters]
 
     def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
         num_clips, num_frames = frames.shape[:2]
@@ -271,58 +247,7 @@ class TinyVideoLLM(nn.Module):
             prompts.append(tokenizer.convert_tokens_to_ids(prompt))
             if answers is not None:
                 targets.append(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(answers[index])) + [tokenizer.eos_token_id])
-        device = visual.llm_tokens.device
-        if answers is None:
-            ids, mask = _pad([p for p in prompts], tokenizer.pad_token_id, left=True)
-            labels = None
-        else:
-            ids, mask = _pad([p + t for p, t in zip(prompts, targets)], tokenizer.pad_token_id, left=False)
-            labels, _ = _pad([[-100] * len(p) + t for p, t in zip(prompts, targets)], -100, left=False)
-            labels = labels.to(device)
-        return HostInputs(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels, visual=visual)
-
-    def forward(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = ()) -> HostOutput:
-        embeds = self._embed(inputs.input_ids, inputs.visual, edits)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=_positions(inputs.attention_mask),
-            output_hidden_states=True,
-            use_cache=False,
-        )
-        return HostOutput(logits=out.logits, grounding_states=out.hidden_states[-1])
-
-    def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 8) -> Generation:
-        embeds = self._embed(inputs.input_ids, inputs.visual, edits)
-        new_ids = greedy_generate(
-            self.llm,
-            inputs_embeds=embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=_positions(inputs.attention_mask),
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            max_new_tokens=max_new_tokens,
-        )
-        new_mask = (new_ids != self.tokenizer.pad_token_id).long()
-        full = HostInputs(
-            input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
-            attention_mask=torch.cat([inputs.attention_mask, new_mask], dim=1),
-            labels=None,
-            visual=inputs.visual,
-        )
-        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        num_prompt = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
-        return Generation(inputs=full, texts=texts, num_prompt_tokens=num_prompt)
-
-    # ------------------------------------------------------------------ internals
-
-    def _embed(self, input_ids: torch.Tensor, visual: VisualFeatures, edits: Sequence[EmbedEdit]) -> torch.Tensor:
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        visual_id = self.tokenizer.convert_tokens_to_ids(VISUAL_TOKEN)
-        embeds = _scatter(embeds, input_ids == visual_id, visual.llm_tokens, "visual")
-        for edit in edits:
-            embeds = _scatter(embeds, input_ids == edit.token_id, edit.values, f"token {edit.token_id}")
-        return embeds
+        return assemble_inputs(prompts, targets if answers is not None else None, tokenizer.pad_token_id, visual)
 
 
 class TemporalEncoder(nn.Module):
@@ -346,51 +271,14 @@ class TemporalEncoder(nn.Module):
 
 
 def build_word_tokenizer(vocabulary: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer (``tokenizers``) over ``vocabulary`` plus the prompt words."""
-    pre_tokenizer = pre_tokenizers.Whitespace()
-    words = set(PROMPT_WORDS)
-    for text in vocabulary:
-        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text.lower()))
-    vocab = {token: index for index, token in enumerate(list(SPECIAL_TOKENS) + sorted(words - set(SPECIAL_TOKENS)))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizer
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="</s>",
-        additional_special_tokens=[VISUAL_TOKEN],
-    )
+    """The tiny host's word-level tokenizer: ``vocabulary``'s words, the prompt words and
+    the special tokens, ``<vis>`` being the visual placeholder."""
+    return _build_word_tokenizer(list(vocabulary) + [" ".join(PROMPT_WORDS)], SPECIAL_TOKENS)
 
 
 def _projector(width: int, hidden: int) -> nn.Sequential:
     """V→L adapter: MLP with GELU, as VideoGLaMM's ``mlp2x_gelu``."""
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-
-
-def _pad(rows: list[list[int]], value: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), value, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if left:
-            ids[i, length - len(row) :], mask[i, length - len(row) :] = torch.tensor(row), 1
-        else:
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return ids, mask
-
-
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that skip padding, so left- and right-padded rows agree."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def _scatter(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, what: str) -> torch.Tensor:
-    """Write values[b, k] at the k-th True of where[b]; every row must have K of them."""
-    counts = where.sum(dim=1)
-    if values.shape[0] != embeds.shape[0] or bool((counts != values.shape[1]).any()):
-        raise ValueError(f"{what}: {tuple(values.shape[:2])} embeddings for placeholders per row {counts.tolist()}")
-    return embeds.masked_scatter(where.unsqueeze(-1), values.to(embeds.dtype))
 
 
 register_host("tiny", TinyVideoLLM.from_pretrained)
