@@ -27,7 +27,9 @@ def greedy_generate(
 
     Args:
         llm: a causal LM accepting ``inputs_embeds``, ``position_ids`` and a KV cache.
-        inputs_embeds: (B, L, D) prompt embeddings; attention_mask, position_ids: (B, L).
+        inputs_embeds: (B, L, D) prompt embeddings; attention_mask: (B, L).
+        position_ids: (B, L), or (3, B, L) multimodal RoPE positions (Qwen2.5-VL); a new
+            text token takes the last position plus one in every row.
     Returns:
         (B, N) long new tokens, N <= max_new_tokens; each row ends at its first EOS
         (kept) and is padded with ``pad_token_id`` after it.
@@ -35,7 +37,7 @@ def greedy_generate(
     out = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
     batch = inputs_embeds.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
-    next_position = position_ids[:, -1:] + 1
+    next_position = position_ids[..., -1:] + 1
     generated = []
     for _ in range(max_new_tokens):
         token = out.logits[:, -1].argmax(dim=-1)

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from transformers import AutoTokenizer, PretrainedConfig
 
 from sparrow_plugin.errors import CheckpointError
 
-__all__ = ["KeyMap", "read_release_weights", "load_release", "read_release_config"]
+__all__ = ["KeyMap", "read_release_weights", "load_release", "read_release_config", "read_release_tokenizer", "require_downloads"]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -63,6 +64,17 @@ class KeyMap:
         return renamed, parts, unmatched
 
 
+def require_downloads(host: str, needed: Sequence[tuple[str | Path | None, str]]) -> None:
+    """Stop before loading anything when files a host needs are absent, naming them all.
+
+    Args:
+        needed: (path that must exist, what to download there); None paths are skipped.
+    """
+    absent = [f"  {path}: {what}" for path, what in needed if path is not None and not Path(path).exists()]
+    if absent:
+        raise CheckpointError(None, f"{host}: missing downloads (put them at these paths, or point host_args at yours):\n" + "\n".join(absent))
+
+
 def read_release_config(folder: str | Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():
@@ -71,6 +83,18 @@ def read_release_config(folder: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(path, f"not valid JSON: {error}") from None
+
+
+def read_release_tokenizer(folder: str | Path):
+    """The release's tokenizer, by the class its tokenizer_config.json names.
+
+    A release's config.json describes the research code's model type, which transformers
+    does not know; an empty config keeps AutoTokenizer from reading it.
+    """
+    try:
+        return AutoTokenizer.from_pretrained(folder, config=PretrainedConfig())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(folder, f"cannot load the release's tokenizer ({error})") from None
 
 
 def read_release_weights(folder: str | Path) -> dict[str, torch.Tensor]:
