@@ -4,6 +4,7 @@
     sparrow test --config recipe.yaml --results out/results.json     # also writes the metrics
     sparrow data synth --out DIR --seed S                            # the synthetic benchmark
     sparrow report BEFORE.json AFTER.json                            # two result files side by side
+    sparrow tiny-release --host videoglamm --out DIR --data ROOT     # a toy-size release of a host
 
 The Lightning subcommands are LightningCLI's: recipes are YAML with ``class_path`` /
 ``init_args`` for the model and the data, layered with repeated ``--config``. Errors in
@@ -87,6 +88,25 @@ def _data_command(argv: list[str]) -> None:
     print(f"synthetic benchmark written to {root}")
 
 
+def _tiny_release_command(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="sparrow tiny-release", description="write a tiny release of a host's architecture")
+    parser.add_argument("--host", required=True, help="a shipped host shim (videoglamm, unipixel, glus)")
+    parser.add_argument("--out", required=True, help="release folder to write")
+    parser.add_argument("--data", required=True, help="synthetic benchmark whose train expressions make the vocabulary")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import importlib
+
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.registry import KNOWN_HOST_MODULES
+
+    if args.host not in KNOWN_HOST_MODULES or args.host == "tiny":
+        raise SparrowError(f"no tiny release for host {args.host!r}; hosts with one: videoglamm, unipixel, glus")
+    writer = importlib.import_module(f"{KNOWN_HOST_MODULES[args.host]}.tiny").write_tiny_release
+    vocabulary = [e.text for e in MeViSDataset(args.data, "train", image_size=32).expressions]
+    print(f"tiny {args.host} release written to {writer(args.out, vocabulary, seed=args.seed)}")
+
+
 def _report_command(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="sparrow report", description="compare metric files side by side")
     parser.add_argument("files", nargs="+", help="JSON files written by `sparrow test --results`")
@@ -110,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
             _data_command(args[1:])
         elif args and args[0] == "report":
             _report_command(args[1:])
+        elif args and args[0] == "tiny-release":
+            _tiny_release_command(args[1:])
         else:
             SparrowCLI(
                 subclass_mode_model=True,
@@ -117,9 +139,20 @@ def main(argv: list[str] | None = None) -> None:
                 save_config_kwargs={"overwrite": True},
                 args=argv,  # None: LightningCLI reads sys.argv itself
             )
-    except SparrowError as error:
-        print(f"sparrow: error: {error}", file=sys.stderr)
+    except Exception as error:
+        # jsonargparse wraps errors raised while instantiating the recipe's classes (a
+        # missing release, say); the user's problem is the SparrowError inside.
+        cause = _sparrow_error_in(error)
+        if cause is None:
+            raise
+        print(f"sparrow: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def _sparrow_error_in(error: BaseException | None) -> SparrowError | None:
+    while error is not None and not isinstance(error, SparrowError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 if __name__ == "__main__":
