@@ -1,0 +1,200 @@
+"""The three host shims on tiny releases written in the real releases' layouts and key names."""
+
+import importlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparrow_plugin import SparrowWrapper
+from sparrow_plugin.cli import main
+from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.errors import CheckpointError, ConfigError
+from sparrow_plugin.hosts.release import read_release_weights
+from sparrow_plugin.interfaces import HostAdapter
+
+from .test_cli import RECIPES
+
+# host -> (class, a release key whose removal must be reported as this module key, seg token)
+HOSTS = {
+    "videoglamm": ("VideoGLaMM", "model.text_hidden_fcs.0.2.bias", "text_hidden_fcs.0.2.bias", "[SEG]"),
+    "unipixel": ("UniPixel", "seg_head.3.bias", "seg_head.3.bias", "<|seg|>"),
+    "glus": ("GLUS", "model.mm_projector.bias", "mm_projector.bias", "[SEG]"),
+}
+
+
+@pytest.fixture(scope="module")
+def vocabulary(synthetic_root):
+    return [e.text for e in MeViSDataset(synthetic_root, "train", image_size=32).expressions]
+
+
+@pytest.fixture(scope="module", params=sorted(HOSTS))
+def shim(request, tmp_path_factory, vocabulary):
+    name = request.param
+    package = importlib.import_module(f"baselines.{name}")
+    release = importlib.import_module(f"baselines.{name}.tiny").write_tiny_release(tmp_path_factory.mktemp(name) / "release", vocabulary)
+    return name, getattr(package, HOSTS[name][0]), release
+
+
+def _frames():
+    return torch.rand(2, 8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+
+
+def _batch(host, answer_token):
+    frames = _frames()
+    visual = host.encode_video(frames)
+    answer = host.answer_template.format(grounding=answer_token)
+    return host.build_inputs(visual, ["the red circle", "the two blue squares"], [answer, answer])
+
+
+def _rewrite(release, tmp_path, edit):
+    """A copy of the release whose weights went through ``edit`` (saved as one file)."""
+    copy = tmp_path / "edited"
+    shutil.copytree(release, copy)
+    state = read_release_weights(copy)
+    for file in [*copy.glob("pytorch_model*"), *copy.glob("model*.safetensors*")]:  # the release's weights, not the towers'
+        file.unlink()
+    edit(state)
+    torch.save(state, copy / "pytorch_model.bin")
+    return copy
+
+
+def test_release_loads_strictly(shim):
+    name, host_class, release = shim
+    host = host_class.from_pretrained(release)
+    assert isinstance(host, HostAdapter)
+    spec = host.decoder_spec()
+    assert spec.state_dict and "sam_mask_decoder.iou_token.weight" in spec.state_dict
+    inputs = _batch(host, HOSTS[name][3])
+    assert inputs.labels is not None and (inputs.labels != -100).any()
+
+
+def test_removed_key_is_named(shim, tmp_path):
+    name, host_class, release = shim
+    _, release_key, module_key, _ = HOSTS[name]
+    broken = _rewrite(release, tmp_path, lambda state: state.pop(release_key))
+    with pytest.raises(CheckpointError, match=rf"missing keys \(1\): {module_key.replace('.', '[.]')}"):
+        host_class.from_pretrained(broken)
+
+
+def test_unknown_key_is_named(shim, tmp_path):
+    _, host_class, release = shim
+    broken = _rewrite(release, tmp_path, lambda state: state.update({"extra_head.weight": torch.zeros(1)}))
+    with pytest.raises(CheckpointError, match="unexpected keys.*extra_head.weight"):
+        host_class.from_pretrained(broken)
+
+
+def test_wrapper_with_zero_initialised_plugins_keeps_host_logits(shim):
+    name, host_class, release = shim
+    host = host_class.from_pretrained(release).eval()
+    seg = HOSTS[name][3]
+    with torch.no_grad():
+        before = host(_batch(host, seg)).logits
+    known = len(host.tokenizer)  # a padded vocabulary's spare rows may become the new tokens
+    wrapper = SparrowWrapper(base=host).eval()
+    with torch.no_grad():
+        after = wrapper.host(_batch(wrapper.host, seg)).logits
+    torch.testing.assert_close(after[..., :known], before[..., :known])
+    targets = {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, p in wrapper.named_parameters() if p.requires_grad and ".lora_A." in n}
+    assert targets == set(host.default_lora_targets)
+
+
+def test_stage1_recipe_fast_dev_run(shim, tmp_path, synthetic_root):
+    name, _, release = shim
+    main([
+        "fit", "--config", str(RECIPES / name / "stage1.yaml"), "--config", str(RECIPES / "overlays" / "tiny_cpu.yaml"),
+        "--model.init_args.host_args", f"{{path: {release}}}", "--data.init_args.root", str(synthetic_root),
+        "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+        "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.fast_dev_run", "true",
+    ])
+
+
+def test_missing_release_names_what_to_download(shim, tmp_path):
+    _, host_class, _ = shim
+    with pytest.raises(CheckpointError, match=rf"missing downloads.*\n  {tmp_path / 'absent'}: the .*release folder"):
+        host_class.from_pretrained(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("name", ["videoglamm", "glus"])
+def test_missing_clip_tower_is_named_with_the_release(name, tmp_path, capsys):
+    """Every absent download is listed at once, and `sparrow fit` prints it without a traceback."""
+    recipe = RECIPES / name / "stage1.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(recipe), "--model.init_args.host_args", f"{{path: {tmp_path / 'r'}, clip_path: {tmp_path / 'c'}}}"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("sparrow: error:") and "Traceback" not in message
+    assert f"{tmp_path / 'r'}: the" in message and f"{tmp_path / 'c'}: openai/clip-vit-large-patch14" in message
+
+
+def test_videoglamm_temporal_tower_must_be_named(tmp_path, vocabulary):
+    from baselines.videoglamm import VideoGLaMM
+    from baselines.videoglamm.tiny import write_tiny_release
+
+    release = write_tiny_release(tmp_path / "release", vocabulary)
+    config = (release / "config.json").read_text().replace('"baselines.videoglamm.towers.FrameViTTower"', "null")
+    (release / "config.json").write_text(config)
+    with pytest.raises(ConfigError, match=r"InternVideo2-Stage2-1B\) is not bundled"):
+        VideoGLaMM.from_pretrained(release)
+
+
+def test_glus_takes_cross_entropy_at_seg_only(tmp_path, vocabulary):
+    from baselines.glus import GLUS
+    from baselines.glus.tiny import write_tiny_release
+
+    host = GLUS.from_pretrained(write_tiny_release(tmp_path / "release", vocabulary))
+    inputs = _batch(host, "[SEG]")
+    labelled = inputs.labels[inputs.labels != -100]
+    assert labelled.numel() == 2 and (labelled == host.tokenizer.convert_tokens_to_ids("[SEG]")).all()
+
+
+def test_unipixel_patch_layout():
+    from baselines.unipixel.model import video_patches
+
+    frames = torch.rand(4, 3, 56, 84)
+    ours, grid = video_patches(frames, patch=14, temporal_patch=2, merge=2)
+    assert grid.tolist() == [2, 4, 6] and ours.shape == (2 * 4 * 6, 3 * 2 * 14 * 14)
+    # the first merged group: rows 0-1, columns 0-1 of frames 0-1; first patch = frame pair (0, 1), pixels [0:14, 0:14]
+    first = torch.stack([frames[0, :, :14, :14], frames[1, :, :14, :14]], dim=1).flatten()
+    assert torch.equal(ours[0], first)
+    second = torch.stack([frames[0, :, :14, 14:28], frames[1, :, :14, 14:28]], dim=1).flatten()
+    assert torch.equal(ours[1], second)  # the next patch in the 2x2 group is its right neighbour
+    third = torch.stack([frames[0, :, 14:28, :14], frames[1, :, 14:28, :14]], dim=1).flatten()
+    assert torch.equal(ours[2], third)
+
+
+def test_unipixel_positions_follow_the_trained_rule():
+    from baselines.unipixel.model import mrope_positions
+
+    ids = torch.tensor([[1, 2, 9, 9, 9, 9, 9, 9, 9, 9, 3, 4]])  # 2 text, 8 video (t 2 x 2 x 2 merged), 2 text
+    positions = mrope_positions(ids, torch.ones_like(ids), video_token_id=9, grid_thw=torch.tensor([[2, 4, 4]]), time_interval=5.0)
+    assert positions[:, 0, :2].tolist() == [[0, 1]] * 3
+    assert positions[0, 0, 2:10].tolist() == [2, 2, 2, 2, 7, 7, 7, 7]  # time: 0 and 1 x interval 5, offset 2
+    assert positions[1, 0, 2:10].tolist() == [2, 2, 3, 3, 2, 2, 3, 3]
+    assert positions[:, 0, 10:].tolist() == [[8, 9]] * 3  # after the largest video position (7), not after 2 + max(h, w)
+
+
+def test_list_hosts_prints_the_four_hosts():
+    code = "from sparrow_plugin import SparrowWrapper, list_hosts; from baselines.videoglamm import VideoGLaMM; print(list_hosts())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['glus', 'tiny', 'unipixel', 'videoglamm']"
+
+
+def test_unipixel_forward_matches_transformers_qwen2_5_vl(tmp_path, vocabulary):
+    """Our splicing of the video tokens and our vision path give transformers' own
+    Qwen2.5-VL forward (fed the processor's patches and our positions) exactly."""
+    from baselines.unipixel import UniPixel
+    from baselines.unipixel.tiny import write_tiny_release
+
+    host = UniPixel.from_pretrained(write_tiny_release(tmp_path / "release", vocabulary)).eval()
+    inputs = _batch(host, "<|seg|>")
+    patches, grid_thw, _ = host.video_inputs(_frames())
+    with torch.no_grad():
+        ours = host(inputs).logits
+        theirs = host.qwen(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, position_ids=inputs.extras["position_ids"],
+            pixel_values_videos=patches, video_grid_thw=grid_thw,
+        ).logits
+    torch.testing.assert_close(ours, theirs)
