@@ -2,16 +2,18 @@
 #
 #   make train                      tiny host on the synthetic benchmark, on the CPU
 #   make train BASE=unipixel        a real host's stage-1 recipe (needs its checkpoints)
+#   make train BASE=unipixel TINY=1 the same recipe on a tiny configuration, on a CPU
 #   make test                       the test suite
 #
-# Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), VENV, PYTHON.
+# Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), TINY (1), VENV, PYTHON.
 
 PYTHON ?= python3
 VENV ?= .venv
 BASE ?= tiny
 STAGE ?= 1
+TINY ?=
 DATA ?= data/synthetic
-OUT ?= outputs/$(BASE)
+OUT ?= outputs/$(BASE)$(if $(filter 1,$(TINY)),-tiny)
 
 BIN := $(VENV)/bin
 SPARROW := $(BIN)/sparrow
@@ -60,6 +62,13 @@ train: $(INSTALLED) data tiny-host
 	$(SPARROW) fit --config $(RECIPE) --ckpt_path last
 	$(SPARROW) test --config $(RECIPE) --ckpt_path $(RUN)/checkpoints/last.ckpt --results $(RUN)/trained.json
 	$(SPARROW) report $(RUN)/untrained.json $(RUN)/trained.json --names untrained trained
+else ifeq ($(TINY),1)
+# the host's own recipe on a tiny configuration of its architecture, on a CPU
+train: $(INSTALLED) data
+	@test -f $(OUT)/release/config.json || $(SPARROW) tiny-release --host $(BASE) --out $(OUT)/release --data $(DATA)
+	$(SPARROW) fit --config $(RECIPE) --config recipes/overlays/tiny_cpu.yaml \
+		--model.init_args.host_args '{path: $(OUT)/release}' --trainer.default_root_dir $(RUN) \
+		--trainer.logger.init_args.save_dir $(RUN) --trainer.callbacks.init_args.dirpath $(RUN)/checkpoints --ckpt_path last
 else
 train: $(INSTALLED)
 	$(SPARROW) fit --config $(RECIPE) --ckpt_path last

@@ -37,13 +37,27 @@ def _recipe(name: str, tmp_path: Path, root: Path, host: Path, substitute: dict[
     return str(path)
 
 
-@pytest.mark.parametrize("recipe", sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml")))
-def test_every_recipe_parses(recipe, capsys):
+FULL_RECIPES = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if p.parent.name != "overlays")
+OVERLAYS = sorted(p.relative_to(RECIPES).as_posix() for p in (RECIPES / "overlays").glob("*.yaml"))
+
+
+def _parses(capsys, *configs: str) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(RECIPES / recipe), "--print_config"])
+        main(["fit", *(a for c in configs for a in ("--config", str(RECIPES / c))), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert "class_path" in printed and "trainer:" in printed
+
+
+@pytest.mark.parametrize("recipe", FULL_RECIPES)
+def test_every_recipe_parses(recipe, capsys):
+    _parses(capsys, recipe)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("host", ["videoglamm", "unipixel", "glus"])
+def test_every_overlay_parses_on_the_host_recipes(overlay, host, capsys):
+    _parses(capsys, f"{host}/stage1.yaml", overlay)
 
 
 def test_stage1_recipe_fast_dev_run(tmp_path, synthetic_root, tiny_host):
