@@ -1,4 +1,4 @@
-"""Pieces the LISA-family shims (VideoGLaMM, GLUS) share."""
+"""Pieces the host shims share (most of them the LISA family's: VideoGLaMM, GLUS)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
+from baselines.common import frame_indices
 from baselines.unipixel.config import UniPixelConfig
 from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead, add_tokens_to_llm
 from sparrow_plugin.hosts.causal_lm import pad_rows, splice
@@ -159,7 +160,7 @@ class UniPixel(nn.Module):
         """What Qwen2.5-VL's processor makes of the clips: (patch rows of all clips,
         (B, 3) grid_thw, the frames read)."""
         config, vision = self.config, self.qwen.config.vision_config
-        frame_ids = _even_indices(frames.shape[1], config.num_frames, frames.device)
+        frame_ids = frame_indices(frames.shape[1], config.num_frames + config.num_frames % 2, frames.device)  # Qwen pairs frames
         picked = frames[:, frame_ids]
         height, width = smart_resize(frames.shape[-2], frames.shape[-1], config.min_pixels, config.max_pixels)
         clips = F.interpolate(picked.flatten(0, 1), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
@@ -346,14 +347,6 @@ def mrope_positions(
         out[:, end:] = torch.arange(after, after + len(real) - end, device=ids.device)
         positions[:, row, mask] = out
     return positions
-
-
-def _even_indices(total: int, wanted: int, device) -> torch.Tensor:
-    """``wanted`` evenly spaced frames (an even count: Qwen pairs frames), repeating the last if short."""
-    wanted += wanted % 2
-    if total >= wanted:
-        return torch.linspace(0, total - 1, wanted, device=device).round().long()
-    return torch.cat([torch.arange(total, device=device), torch.full((wanted - total,), total - 1, device=device)])
 
 
 def _strip_article(query: str) -> str:

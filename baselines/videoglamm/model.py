@@ -159,7 +159,8 @@ class VideoGLaMM(CausalLMHost):
     def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
         config = self.config
         num_clips = frames.shape[0]
-        picked = frames[:, frame_indices(frames.shape[1], config.num_frames, frames.device)]  # (B, F, 3, S, S)
+        frame_ids = frame_indices(frames.shape[1], config.num_frames, frames.device)
+        picked = frames[:, frame_ids]  # (B, F, 3, S, S)
         images = picked.flatten(0, 1)
 
         clip_size = self.spatial_tower.config.image_size
@@ -175,8 +176,7 @@ class VideoGLaMM(CausalLMHost):
 
         grid = int(patches.shape[1] ** 0.5)
         dense = patches.view(num_clips, config.num_frames, grid, grid, -1).permute(0, 1, 4, 2, 3)
-        frame_ids = frame_indices(frames.shape[1], config.num_frames, frames.device).expand(num_clips, -1)
-        return VisualFeatures(llm_tokens=torch.cat([context, video], dim=1), dense=dense, dense_frames=frame_ids)
+        return VisualFeatures(llm_tokens=torch.cat([context, video], dim=1), dense=dense, dense_frames=frame_ids.expand(num_clips, -1))
 
     def build_inputs(
         self,
