@@ -101,6 +101,24 @@ def test_wrapper_with_zero_initialised_plugins_keeps_host_logits(shim):
     assert targets == set(host.default_lora_targets)
 
 
+def test_generation_agrees_with_a_forward_pass_over_its_output(shim):
+    """Cached greedy decoding (with its continued positions) and one pass over prompt plus
+    answer pick the same tokens: the positions of generated text are the host's."""
+    _, host_class, release = shim
+    host = host_class.from_pretrained(release).double().eval()  # float64: tiny random LLMs have near ties
+    prompt = host.build_inputs(host.encode_video(_frames().double()), ["the red circle", "the two blue squares"])
+    with torch.no_grad():
+        generation = host.generate(prompt, max_new_tokens=6)
+        logits = host(generation.inputs).logits
+    start = prompt.input_ids.shape[1]
+    new_ids = generation.inputs.input_ids[:, start:]
+    assert new_ids.shape[1] > 0
+    answer_logits = logits[:, start - 1 : -1]
+    real = generation.inputs.attention_mask[:, start:].bool()
+    gap = answer_logits.max(-1).values - answer_logits.gather(-1, new_ids.unsqueeze(-1)).squeeze(-1)
+    assert gap[real].max() < 1e-9, gap
+
+
 def test_stage1_recipe_fast_dev_run(shim, tmp_path, synthetic_root):
     name, _, release = shim
     main([

@@ -32,8 +32,8 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
 from baselines.common import frame_indices
 from baselines.unipixel.config import UniPixelConfig
-from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead, add_tokens_to_llm
-from sparrow_plugin.hosts.causal_lm import pad_rows, splice
+from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
+from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, splice
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.hosts.release import (
     KeyMap,
@@ -153,8 +153,7 @@ class UniPixel(nn.Module):
         return ids
 
     def new_token_parameters(self) -> list[nn.Parameter]:
-        layers = (m for m in self.qwen.modules() if isinstance(m, (AddedTokenEmbedding, AddedTokenHead)))
-        return [m.added_rows for m in layers if "added_rows" in m._parameters]
+        return added_token_parameters(self.qwen)
 
     def video_inputs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What Qwen2.5-VL's processor makes of the clips: (patch rows of all clips,
@@ -220,7 +219,7 @@ class UniPixel(nn.Module):
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
         stop = self.tokenizer.convert_tokens_to_ids(END)
-        new_ids = greedy_generate(
+        new_ids, new_mask = greedy_generate(
             self._text_lm,
             inputs_embeds=self._embed(inputs, edits),
             attention_mask=inputs.attention_mask,
@@ -233,16 +232,7 @@ class UniPixel(nn.Module):
         positions = inputs.extras["position_ids"]
         steps = torch.arange(1, new_ids.shape[1] + 1, device=positions.device)
         new_positions = positions[..., -1:] + steps  # text after the prompt: one more in every row
-        full = HostInputs(
-            input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
-            attention_mask=torch.cat([inputs.attention_mask, (new_ids != self.tokenizer.pad_token_id).long()], dim=1),
-            labels=None,
-            visual=inputs.visual,
-            extras={"position_ids": torch.cat([positions, new_positions], dim=-1)},
-        )
-        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        start = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
-        return Generation(inputs=full, texts=texts, num_prompt_tokens=start)
+        return finish_generation(inputs, new_ids, new_mask, self.tokenizer, extras={"position_ids": torch.cat([positions, new_positions], dim=-1)})
 
     # ------------------------------------------------------------------ internals
 

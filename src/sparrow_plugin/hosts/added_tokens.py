@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AddedTokenEmbedding", "AddedTokenHead", "add_tokens_to_llm"]
+__all__ = ["AddedTokenEmbedding", "AddedTokenHead", "add_tokens_to_llm", "added_token_parameters"]
 
 
 class _AddedRows:
@@ -160,6 +160,12 @@ def add_tokens_to_llm(llm: nn.Module, tokenizer, tokens: Sequence[str]) -> tuple
     if isinstance(head, AddedTokenHead):
         llm.config.vocab_size = head.total_vocab
     return ids, new_ids
+
+
+def added_token_parameters(llm: nn.Module) -> list[nn.Parameter]:
+    """The trainable rows :func:`add_tokens_to_llm` created in ``llm`` (a tied head has none of its own)."""
+    layers = (m for m in llm.modules() if isinstance(m, (AddedTokenEmbedding, AddedTokenHead)))
+    return [m.added_rows for m in layers if "added_rows" in m._parameters]
 
 
 def _mean_rows(table: torch.Tensor, count: int) -> torch.Tensor:

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead, add_tokens_to_llm
+from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.interfaces import GROUNDING_TOKENS, EmbedEdit, Generation, HostInputs, HostOutput, VisualFeatures
 
-__all__ = ["CausalLMHost", "assemble_inputs", "pad_rows", "splice", "positions_from_mask"]
+__all__ = ["CausalLMHost", "assemble_inputs", "finish_generation", "pad_rows", "splice", "positions_from_mask"]
 
 
 class CausalLMHost(nn.Module):
@@ -51,8 +51,7 @@ class CausalLMHost(nn.Module):
         return ids
 
     def new_token_parameters(self) -> list[nn.Parameter]:
-        layers = (m for m in self.llm.modules() if isinstance(m, (AddedTokenEmbedding, AddedTokenHead)))
-        return [m.added_rows for m in layers if "added_rows" in m._parameters]
+        return added_token_parameters(self.llm)
 
     def forward(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = ()) -> HostOutput:
         out = self.llm(
@@ -65,7 +64,7 @@ class CausalLMHost(nn.Module):
         return HostOutput(logits=out.logits, grounding_states=out.hidden_states[-1])
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
-        new_ids = greedy_generate(
+        new_ids, new_mask = greedy_generate(
             self.llm,
             inputs_embeds=self.embed(inputs.input_ids, inputs.visual, edits),
             attention_mask=inputs.attention_mask,
@@ -74,16 +73,7 @@ class CausalLMHost(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
         )
-        full = HostInputs(
-            input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
-            attention_mask=torch.cat([inputs.attention_mask, (new_ids != self.tokenizer.pad_token_id).long()], dim=1),
-            labels=None,
-            visual=inputs.visual,
-            extras=inputs.extras,
-        )
-        texts = self.tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        start = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
-        return Generation(inputs=full, texts=texts, num_prompt_tokens=start)
+        return finish_generation(inputs, new_ids, new_mask, self.tokenizer)
 
     def embed(self, input_ids: torch.Tensor, visual: VisualFeatures, edits: Sequence[EmbedEdit] = ()) -> torch.Tensor:
         """Token embeddings with the visual tokens and the edits spliced in."""
@@ -102,6 +92,24 @@ def splice(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, what
     if values.shape[0] != embeds.shape[0] or bool((counts != values.shape[1]).any()):
         raise ValueError(f"{what}: {tuple(values.shape[:2])} embeddings for placeholders per row {counts.tolist()}")
     return embeds.masked_scatter(where.unsqueeze(-1), values.to(embeds.dtype))
+
+
+def finish_generation(
+    inputs: HostInputs, new_ids: torch.Tensor, new_mask: torch.Tensor, tokenizer, extras: dict | None = None
+) -> Generation:
+    """Prompt plus generated tokens (and their mask) as a :class:`Generation`
+    (``extras``: the full sequence's, when the host keeps per-token data there, as Qwen's
+    positions)."""
+    full = HostInputs(
+        input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
+        attention_mask=torch.cat([inputs.attention_mask, new_mask], dim=1),
+        labels=None,
+        visual=inputs.visual,
+        extras=inputs.extras if extras is None else extras,
+    )
+    texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    start = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
+    return Generation(inputs=full, texts=texts, num_prompt_tokens=start)
 
 
 def assemble_inputs(

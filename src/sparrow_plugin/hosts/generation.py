@@ -22,7 +22,7 @@ def greedy_generate(
     eos_token_id: int,
     pad_token_id: int,
     max_new_tokens: int,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy continuation of left-padded prompts.
 
     Args:
@@ -31,18 +31,21 @@ def greedy_generate(
         position_ids: (B, L), or (3, B, L) multimodal RoPE positions (Qwen2.5-VL); a new
             text token takes the last position plus one in every row.
     Returns:
-        (B, N) long new tokens, N <= max_new_tokens; each row ends at its first EOS
-        (kept) and is padded with ``pad_token_id`` after it.
+        (B, N) long new tokens, N <= max_new_tokens, each row ending at its first EOS
+        (kept) and padded with ``pad_token_id`` after it; and their (B, N) attention mask
+        (1 up to the EOS). The mask cannot be read off the ids: hosts whose pad token is
+        a real token (LISA pads with ``<unk>``) may generate it.
     """
     out = llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
     batch = inputs_embeds.shape[0]
     finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
     next_position = position_ids[..., -1:] + 1
-    generated = []
+    generated, real = [], []
     for _ in range(max_new_tokens):
         token = out.logits[:, -1].argmax(dim=-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         generated.append(token)
+        real.append(~finished)
         finished |= token == eos_token_id
         if bool(finished.all()):
             break
@@ -55,4 +58,4 @@ def greedy_generate(
             use_cache=True,
         )
         next_position = next_position + 1
-    return torch.stack(generated, dim=1)
+    return torch.stack(generated, dim=1), torch.stack(real, dim=1).long()
