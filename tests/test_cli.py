@@ -62,7 +62,15 @@ def test_every_overlay_parses_on_the_host_recipes(overlay, host, capsys):
 
 def test_stage1_recipe_fast_dev_run(tmp_path, synthetic_root, tiny_host):
     recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
-    main(["fit", "--config", recipe, "--trainer.fast_dev_run", "true"])
+    cli = main(["fit", "--config", recipe, "--trainer.fast_dev_run", "true"])
+    assert_one_step_trained(cli)
+
+
+def assert_one_step_trained(cli) -> None:
+    """A fast_dev_run made its optimizer step, with a finite loss, and validated."""
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 1
+    assert torch.isfinite(metrics["train/loss"]) and "val/J&F" in metrics
 
 
 def test_resume_from_last_continues_the_step_count(tmp_path, synthetic_root, tiny_host):

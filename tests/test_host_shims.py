@@ -15,7 +15,7 @@ from sparrow_plugin.errors import CheckpointError, ConfigError
 from sparrow_plugin.hosts.release import read_release_weights
 from sparrow_plugin.interfaces import HostAdapter
 
-from .test_cli import RECIPES
+from .test_cli import RECIPES, assert_one_step_trained
 
 # host -> (class, a release key whose removal must be reported as this module key, seg token)
 HOSTS = {
@@ -121,12 +121,13 @@ def test_generation_agrees_with_a_forward_pass_over_its_output(shim):
 
 def test_stage1_recipe_fast_dev_run(shim, tmp_path, synthetic_root):
     name, _, release = shim
-    main([
+    cli = main([
         "fit", "--config", str(RECIPES / name / "stage1.yaml"), "--config", str(RECIPES / "overlays" / "tiny_cpu.yaml"),
         "--model.init_args.host_args", f"{{path: {release}}}", "--data.init_args.root", str(synthetic_root),
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--trainer.callbacks.init_args.dirpath", str(tmp_path / "ckpt"), "--trainer.fast_dev_run", "true",
     ])
+    assert_one_step_trained(cli)
 
 
 def test_missing_release_names_what_to_download(shim, tmp_path):

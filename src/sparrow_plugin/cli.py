@@ -122,8 +122,12 @@ def _report_command(argv: list[str]) -> None:
     print(format_report(columns))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point; ``argv`` defaults to the command line (tests pass it explicitly)."""
+def main(argv: list[str] | None = None) -> SparrowCLI | None:
+    """Entry point; ``argv`` defaults to the command line (tests pass it explicitly).
+
+    Returns the finished :class:`SparrowCLI` (its ``trainer`` and ``model``) for the
+    Lightning subcommands, None for the others.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         if args and args[0] == "data":
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args and args[0] == "tiny-release":
             _tiny_release_command(args[1:])
         else:
-            SparrowCLI(
+            return SparrowCLI(
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},
