@@ -3,12 +3,14 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from sparrow_plugin.cli import main
+from sparrow_plugin.cli import main, run
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.hosts.tiny import TinyHostConfig, TinyVideoLLM
 
@@ -62,8 +64,16 @@ def test_every_overlay_parses_on_the_host_recipes(overlay, host, capsys):
 
 def test_stage1_recipe_fast_dev_run(tmp_path, synthetic_root, tiny_host):
     recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
-    cli = main(["fit", "--config", recipe, "--trainer.fast_dev_run", "true"])
+    cli = run(["fit", "--config", recipe, "--trainer.fast_dev_run", "true"])
     assert_one_step_trained(cli)
+
+
+def test_console_script_exits_zero_after_training(tmp_path, synthetic_root, tiny_host):
+    """The installed ``sparrow`` script, as make runs it: success is exit status 0."""
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
+    script = Path(sys.executable).parent / "sparrow"
+    done = subprocess.run([str(script), "fit", "--config", recipe, "--trainer.fast_dev_run", "true"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def assert_one_step_trained(cli) -> None:

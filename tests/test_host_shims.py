@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparrow_plugin import SparrowWrapper
-from sparrow_plugin.cli import main
+from sparrow_plugin.cli import main, run
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.errors import CheckpointError, ConfigError
 from sparrow_plugin.hosts.release import read_release_weights
@@ -121,7 +121,7 @@ def test_generation_agrees_with_a_forward_pass_over_its_output(shim):
 
 def test_stage1_recipe_fast_dev_run(shim, tmp_path, synthetic_root):
     name, _, release = shim
-    cli = main([
+    cli = run([
         "fit", "--config", str(RECIPES / name / "stage1.yaml"), "--config", str(RECIPES / "overlays" / "tiny_cpu.yaml"),
         "--model.init_args.host_args", f"{{path: {release}}}", "--data.init_args.root", str(synthetic_root),
         "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),

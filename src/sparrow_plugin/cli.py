@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from sparrow_plugin.errors import SparrowError
 
-__all__ = ["SparrowCLI", "main", "format_report"]
+__all__ = ["SparrowCLI", "main", "run", "format_report"]
 
 
 class SparrowCLI(LightningCLI):
@@ -122,27 +122,13 @@ def _report_command(argv: list[str]) -> None:
     print(format_report(columns))
 
 
-def main(argv: list[str] | None = None) -> SparrowCLI | None:
-    """Entry point; ``argv`` defaults to the command line (tests pass it explicitly).
+def main(argv: list[str] | None = None) -> None:
+    """The ``sparrow`` console script; ``argv`` defaults to the command line.
 
-    Returns the finished :class:`SparrowCLI` (its ``trainer`` and ``model``) for the
-    Lightning subcommands, None for the others.
+    Returns None: a console script's return value becomes its exit status.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] == "data":
-            _data_command(args[1:])
-        elif args and args[0] == "report":
-            _report_command(args[1:])
-        elif args and args[0] == "tiny-release":
-            _tiny_release_command(args[1:])
-        else:
-            return SparrowCLI(
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_kwargs={"overwrite": True},
-                args=argv,  # None: LightningCLI reads sys.argv itself
-            )
+        run(argv)
     except Exception as error:
         # jsonargparse wraps errors raised while instantiating the recipe's classes (a
         # missing release, say); the user's problem is the SparrowError inside.
@@ -151,6 +137,25 @@ def main(argv: list[str] | None = None) -> SparrowCLI | None:
             raise
         print(f"sparrow: error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def run(argv: list[str] | None = None) -> SparrowCLI | None:
+    """Run one ``sparrow`` command and return the finished :class:`SparrowCLI` (its
+    ``trainer`` and ``model``) for the Lightning subcommands, None for the others.
+    Errors propagate; :func:`main` turns the user's into one message."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "data":
+        return _data_command(args[1:])
+    if args and args[0] == "report":
+        return _report_command(args[1:])
+    if args and args[0] == "tiny-release":
+        return _tiny_release_command(args[1:])
+    return SparrowCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=argv,  # None: LightningCLI reads sys.argv itself
+    )
 
 
 def _sparrow_error_in(error: BaseException | None) -> SparrowError | None:
