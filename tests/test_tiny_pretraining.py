@@ -1,6 +1,7 @@
 """The tiny host's pre-training: its three recipes end to end, and its helpers."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -74,3 +75,23 @@ def test_warmup_cosine_keeps_group_ratios():
     assert rates[0] == pytest.approx([0.5, 0.05])  # warm-up from zero, ratio kept
     assert rates[2] == pytest.approx([1.0, 0.1])  # the peak
     assert rates[11] == pytest.approx([0.0, 0.0], abs=1e-12)  # decayed, then held
+
+
+def test_warmup_cosine_resumed_with_a_longer_recipe_decays_over_it():
+    """A checkpoint of a 10-step schedule, resumed by a 20-step recipe: the count carries
+    on, the shape is the recipe's (the old one would hold the rate at zero)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    old = WarmupCosine(optimizer, total_steps=10)
+    for _ in range(10):
+        optimizer.step()
+        old.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    longer = WarmupCosine(torch.optim.SGD([parameter], lr=1.0), total_steps=20)
+    with pytest.warns(UserWarning, match="total_steps 10 -> 20"):
+        longer.load_state_dict(old.state_dict())
+    longer.optimizer.step()
+    longer.step()
+    assert longer.last_epoch == 11 and longer.total_steps == 20
+    assert longer.get_last_lr()[0] == pytest.approx(0.5 * (1 + math.cos(math.pi * 11 / 20)))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -33,6 +34,18 @@ class WarmupCosine(LambdaLR):
             raise ConfigError(f"min_ratio must be in [0, 1], got {min_ratio}")
         self.total_steps, self.warmup_steps, self.min_ratio = total_steps, warmup_steps, min_ratio
         super().__init__(optimizer, self._factor)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Resume the step count, but keep this schedule's shape: a run resumed with a
+        longer recipe (``max_steps`` and ``total_steps`` raised) decays over the new
+        length instead of holding the old end rate for the added steps."""
+        configured = {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "min_ratio": self.min_ratio}
+        changed = {k: (state_dict[k], v) for k, v in configured.items() if k in state_dict and state_dict[k] != v}
+        super().load_state_dict(state_dict)
+        self.__dict__.update(configured)
+        if changed:
+            shown = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            warnings.warn(f"resuming with a changed learning-rate schedule ({shown}); the recipe's values apply from step {self.last_epoch}")
 
     def _factor(self, step: int) -> float:
         if step < self.warmup_steps:
