@@ -8,9 +8,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IMAGE_PLACEHOLDER", "text_hidden_fcs", "OneTokenProjection", "frame_indices", "resize_square", "resolve_path", "to_release_names"]
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "SAM2_STABILITY_FALLBACK",
+    "clip_patch_features",
+    "text_hidden_fcs",
+    "OneTokenProjection",
+    "frame_indices",
+    "resize_square",
+    "resolve_path",
+    "to_release_names",
+]
 
 IMAGE_PLACEHOLDER = -200  # LLaVA's IMAGE_TOKEN_INDEX: its positions receive the visual tokens
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # also Qwen2-VL's
+
+# SAM2's fallback when a single mask is read from a multimask decoder: take the best of the
+# three if the single one is unstable (the hosts' SAM2 configs set it, as SAM2's own do)
+SAM2_STABILITY_FALLBACK = (
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
+    "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
+)
 
 
 def text_hidden_fcs(hidden: int, out_dim: int) -> nn.ModuleList:
@@ -34,6 +55,22 @@ def frame_indices(total: int, wanted: int, device) -> torch.Tensor:
     if total >= wanted:
         return torch.linspace(0, total - 1, wanted, device=device).round().long()
     return torch.cat([torch.arange(total, device=device), torch.full((wanted - total,), total - 1, device=device)])
+
+
+def clip_patch_features(tower: nn.Module, images: torch.Tensor, select_layer: int) -> torch.Tensor:
+    """LLaVA's CLIP features: patch tokens of hidden layer ``select_layer``, CLS dropped.
+
+    Args:
+        tower: a transformers ``CLIPVisionModel``; it runs without gradients unless it trains.
+        images: (N, 3, H, W) RGB in [0, 1], resized to the tower's size here.
+    Returns:
+        (N, patches, width).
+    """
+    mean, std = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1), images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
+    pixels = (resize_square(images, tower.config.image_size) - mean) / std
+    with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
+        hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    return hidden[select_layer][:, 1:]
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
-from baselines.common import IMAGE_PLACEHOLDER, OneTokenProjection, resize_square, resolve_path, text_hidden_fcs
+from baselines.common import IMAGE_PLACEHOLDER, SAM2_STABILITY_FALLBACK, OneTokenProjection, clip_patch_features, resolve_path, text_hidden_fcs
 from baselines.glus.config import GLUSConfig
 from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
 from sparrow_plugin.hosts.release import (
@@ -51,7 +51,6 @@ CONTEXT_NOTE = "\nPlease finished the following tasks on the context frames abov
 QUESTION = "\nCan you segment the {query} in this frame? ASSISTANT:"
 END = "</s>"
 _CLIP_DOWNLOAD = "openai/clip-vit-large-patch14 from Hugging Face (config.json 'vision_tower', or host_args.clip_path)"
-_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 RELEASE_KEYS = KeyMap(
     renames=(
@@ -82,8 +81,6 @@ class GLUS(CausalLMHost):
         self.mm_projector = nn.Linear(config.mm_hidden_size, self.hidden_size)
         self.text_hidden_fcs = text_hidden_fcs(self.hidden_size, config.out_dim)
         self._sam2_state = sam2_state
-        self.register_buffer("clip_mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("clip_std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, clip_path: str | Path | None = None, sam2_config: str | None = None) -> "GLUS":
@@ -115,11 +112,7 @@ class GLUS(CausalLMHost):
             state_dict=self._sam2_state,
             prompt_layout="tokens_only",  # GLUS' prompt encoder: the [SEG] token alone
             multimask=False,
-            overrides=(
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-            ),
+            overrides=SAM2_STABILITY_FALLBACK,
         )
 
     def seg_projection(self) -> nn.Module:
@@ -130,11 +123,7 @@ class GLUS(CausalLMHost):
         num_clips, total = frames.shape[:2]
         picked = torch.cat([_context_frames(total, self.config.context_frames, frames.device), torch.zeros(1, dtype=torch.long, device=frames.device)])
         images = frames[:, picked].flatten(0, 1)
-        size = self.vision_tower.config.image_size
-        pixels = (resize_square(images, size) - self.clip_mean) / self.clip_std
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())):
-            hidden = self.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
-        patches = hidden[self.config.mm_vision_select_layer][:, 1:]  # (N, 256, 1024)
+        patches = clip_patch_features(self.vision_tower, images, self.config.mm_vision_select_layer)  # (N, 256, 1024)
         pooled = nn.functional.avg_pool1d(patches.transpose(1, 2), 4, 4).transpose(1, 2)  # 4 neighbours in reading order
         tokens = self.mm_projector(pooled).view(num_clips, len(picked), -1, self.hidden_size)
         grid = int(patches.shape[1] ** 0.5)

@@ -30,7 +30,7 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from baselines.common import frame_indices
+from baselines.common import CLIP_MEAN, CLIP_STD, frame_indices
 from baselines.unipixel.config import UniPixelConfig
 from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
 from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, splice
@@ -50,7 +50,6 @@ __all__ = ["UniPixel", "RELEASE_KEYS", "video_patches", "smart_resize", "mrope_p
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
 AFTER_VIDEO = "<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 END = "<|im_end|>"
-_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 RELEASE_KEYS = KeyMap(
     renames=(
@@ -103,8 +102,8 @@ class UniPixel(nn.Module):
         self._sam2_state: dict | None = None
         self._pre_norm: list[torch.Tensor] = []
         self.language_model.norm.register_forward_pre_hook(lambda module, args: self._pre_norm.append(args[0]))
-        self.register_buffer("pixel_mean", torch.tensor(_CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(_CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ loading
 

@@ -25,7 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPVisionModel, Phi3Config, Phi3ForCausalLM
 
-from baselines.common import IMAGE_PLACEHOLDER, OneTokenProjection, frame_indices, resize_square, resolve_path, text_hidden_fcs
+from baselines.common import (
+    IMAGE_PLACEHOLDER,
+    SAM2_STABILITY_FALLBACK,
+    OneTokenProjection,
+    clip_patch_features,
+    frame_indices,
+    resize_square,
+    resolve_path,
+    text_hidden_fcs,
+)
 from baselines.videoglamm.config import VideoGLaMMConfig
 from baselines.videoglamm.towers import load_temporal_tower
 from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
@@ -46,7 +55,6 @@ QUESTION = "\n{question}<|end|>\n<|assistant|>\n"
 END = "<|end|>"
 _CLIP_DOWNLOAD = "openai/clip-vit-large-patch14-336 from Hugging Face (config.json 'image_mm_vision_tower', or host_args.clip_path)"
 _TOWER_DOWNLOAD = "OpenGVLab/InternVideo2-Stage2_1B-224p-f4's checkpoint (config.json 'mm_vision_tower')"
-_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 RELEASE_KEYS = KeyMap(
@@ -90,7 +98,7 @@ class VideoGLaMM(CausalLMHost):
         self.text_hidden_fcs = text_hidden_fcs(hidden, config.out_dim)
         self._sam2_state = sam2_state
         self.stop_token_id = tokenizer.convert_tokens_to_ids(END)
-        for name, values in (("clip_mean", _CLIP_MEAN), ("clip_std", _CLIP_STD), ("imagenet_mean", _IMAGENET_MEAN), ("imagenet_std", _IMAGENET_STD)):
+        for name, values in (("imagenet_mean", _IMAGENET_MEAN), ("imagenet_std", _IMAGENET_STD)):  # the temporal tower's
             self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ loading
@@ -146,11 +154,7 @@ class VideoGLaMM(CausalLMHost):
             state_dict=self._sam2_state,
             prompt_layout="after_padding",
             multimask=True,
-            overrides=(
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_via_stability=true",
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_delta=0.05",
-                "++model.sam_mask_decoder_extra_args.dynamic_multimask_stability_thresh=0.98",
-            ),
+            overrides=SAM2_STABILITY_FALLBACK,
         )
 
     def seg_projection(self) -> nn.Module:
@@ -163,11 +167,7 @@ class VideoGLaMM(CausalLMHost):
         picked = frames[:, frame_ids]  # (B, F, 3, S, S)
         images = picked.flatten(0, 1)
 
-        clip_size = self.spatial_tower.config.image_size
-        clip_in = (resize_square(images, clip_size) - self.clip_mean) / self.clip_std
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.spatial_tower.parameters())):
-            hidden = self.spatial_tower(pixel_values=clip_in, output_hidden_states=True).hidden_states
-        patches = hidden[config.mm_vision_select_layer][:, 1:]  # (B*F, P, 1024), CLS dropped
+        patches = clip_patch_features(self.spatial_tower, images, config.mm_vision_select_layer)  # (B*F, P, 1024)
         context = _pool_tokens(self.image_mm_projector(patches), config.context_pool).view(num_clips, -1, config.hidden_size)
 
         video_in = ((resize_square(images, 224) - self.imagenet_mean) / self.imagenet_std).view(-1, config.temporal_chunk, 3, 224, 224)
