@@ -30,7 +30,7 @@ from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from baselines.common import IMAGE_PLACEHOLDER, SAM2_STABILITY_FALLBACK, OneTokenProjection, clip_patch_features, resolve_path, text_hidden_fcs
 from baselines.glus.config import GLUSConfig
-from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
     load_release,
@@ -141,7 +141,7 @@ class GLUS(CausalLMHost):
         per_image = visual.llm_tokens.shape[1] // (self.config.context_frames + 1)
         start, end = tokenizer.convert_tokens_to_ids(["<im_start>", "<im_end>"])
         image = [start] + [IMAGE_PLACEHOLDER] * per_image + [end]
-        tsf = tokenizer.convert_tokens_to_ids([self.grounding_token_names["tsf"]] * num_tsf_tokens) if num_tsf_tokens else []
+        tsf = tsf_placeholders(self, num_tsf_tokens)
 
         def text(value: str) -> list[int]:
             return tokenizer(value, add_special_tokens=False).input_ids

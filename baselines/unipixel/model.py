@@ -33,7 +33,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 from baselines.common import CLIP_MEAN, CLIP_STD, frame_indices
 from baselines.unipixel.config import UniPixelConfig
 from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
-from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, splice
+from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, splice, tsf_placeholders
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.hosts.release import (
     KeyMap,
@@ -187,7 +187,7 @@ class UniPixel(nn.Module):
         tokenizer = self.tokenizer
         tokens, grid_thw = visual.llm_tokens
         video = [self.qwen.config.video_token_id] * tokens.shape[1]
-        tsf = tokenizer.convert_tokens_to_ids([self.grounding_token_names["tsf"]] * num_tsf_tokens) if num_tsf_tokens else []
+        tsf = tsf_placeholders(self, num_tsf_tokens)
         system = tokenizer(SYSTEM, add_special_tokens=False).input_ids
         prompts, targets = [], []
         for index, query in enumerate(queries):

@@ -37,7 +37,7 @@ from baselines.common import (
 )
 from baselines.videoglamm.config import VideoGLaMMConfig
 from baselines.videoglamm.towers import load_temporal_tower
-from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
     load_release,
@@ -187,7 +187,7 @@ class VideoGLaMM(CausalLMHost):
     ) -> HostInputs:
         tokenizer = self.tokenizer
         placeholders = [IMAGE_PLACEHOLDER] * visual.llm_tokens.shape[1]
-        tsf = tokenizer.convert_tokens_to_ids([self.grounding_token_names["tsf"]] * num_tsf_tokens) if num_tsf_tokens else []
+        tsf = tsf_placeholders(self, num_tsf_tokens)
         system = tokenizer(SYSTEM).input_ids  # with BOS, as the reference's first chunk
         prompts, targets = [], []
         for index, query in enumerate(queries):

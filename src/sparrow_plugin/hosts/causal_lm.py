@@ -18,7 +18,7 @@ from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_par
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.interfaces import GROUNDING_TOKENS, EmbedEdit, Generation, HostInputs, HostOutput, VisualFeatures
 
-__all__ = ["CausalLMHost", "assemble_inputs", "finish_generation", "pad_rows", "splice", "positions_from_mask"]
+__all__ = ["CausalLMHost", "assemble_inputs", "finish_generation", "pad_rows", "splice", "positions_from_mask", "tsf_placeholders"]
 
 
 class CausalLMHost(nn.Module):
@@ -84,6 +84,11 @@ class CausalLMHost(nn.Module):
         for edit in edits:
             embeds = splice(embeds, input_ids == edit.token_id, edit.values, f"edit of token {edit.token_id}")
         return embeds
+
+
+def tsf_placeholders(host, count: int) -> list[int]:
+    """Ids of ``count`` ``<TSF>`` placeholders in a host's prompt (TSF features replace their embeddings)."""
+    return [host.tokenizer.convert_tokens_to_ids(host.grounding_token_names["tsf"])] * count if count else []
 
 
 def splice(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, what: str) -> torch.Tensor:
