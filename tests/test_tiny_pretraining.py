@@ -11,8 +11,8 @@ from sparrow_plugin.cli import main
 from sparrow_plugin.data.synthetic_scenes import SceneFrameDataset, patch_labels
 from sparrow_plugin.errors import DatasetError
 from sparrow_plugin.hosts.tiny import TinyVideoLLM
-from sparrow_plugin.hosts.tiny_pretraining import named_attributes
 from sparrow_plugin.interfaces import HostAdapter
+from sparrow_plugin.pretraining import named_attributes
 from sparrow_plugin.schedules import WarmupCosine
 
 from .test_cli import _recipe
@@ -34,7 +34,7 @@ def test_release_from_the_three_recipes(tmp_path, synthetic_root):
 
 
 def test_named_attributes():
-    from sparrow_plugin.hosts.tiny_pretraining import _ANY_COLOUR, _ANY_SHAPE
+    from sparrow_plugin.pretraining.common import _ANY_COLOUR, _ANY_SHAPE
 
     assert named_attributes("the red circle") == (0, 5)  # red, then shapes after the 5 colours
     assert named_attributes("the two circles") == (_ANY_COLOUR, 5)

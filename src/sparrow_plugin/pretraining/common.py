@@ -1,0 +1,18 @@
+"""What two or more of the tiny host's pre-training stages share: the attribute prompt ids
+(colours, then shapes, then "any colour" and "any shape"), the file the SAM2 stage writes
+them to and the grounding stage reads them from, and the optimiser set-up."""
+
+from __future__ import annotations
+
+from sparrow_plugin.data.synthetic import COLOURS, SHAPES
+
+_ANY_COLOUR, _ANY_SHAPE = len(COLOURS) + len(SHAPES), len(COLOURS) + len(SHAPES) + 1
+ATTRIBUTE_PROMPTS_FILE = "attribute_prompts.safetensors"
+_COLOUR_NAMES = list(COLOURS)
+
+
+def _optimizers(module, parameters):
+    optimizer = module.optimizer_factory(parameters)
+    if module.scheduler_factory is None:
+        return optimizer
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": module.scheduler_factory(optimizer), "interval": "step"}}
