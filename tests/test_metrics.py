@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from sparrow_plugin.errors import SparrowError
 from sparrow_plugin.metrics import MeViSMetric, boundary_map, boundary_radius, f_measure, jaccard
 
 
@@ -165,15 +166,16 @@ def test_mevis_metric_aggregates_per_expression_and_kind():
     metric = MeViSMetric(kinds=["appearance", "no_target"])
     gt = torch.zeros(2, 4, 4, dtype=torch.bool)
     gt[:, 1:3, 1:3] = True
-    metric.update(gt.clone(), gt, kind="appearance")  # perfect: J = F = 1
+    metric.update(gt.clone(), gt, kind="appearance", sample_index=0)  # perfect: J = F = 1
     half = gt.clone()
     half[1] = False  # frame 1 empty: J = (1 + 0) / 2
-    metric.update(half, gt, kind="appearance")
+    metric.update(half, gt, kind="appearance", sample_index=1)
     empty = torch.zeros_like(gt)
-    metric.update(empty, empty, kind="no_target", emitted_seg=False)  # correct empty answer: 1
-    metric.update(None, gt, kind="appearance")  # missing prediction: 0, counted
+    metric.update(empty, empty, kind="no_target", emitted_seg=False, sample_index=2)  # correct empty answer: 1
+    metric.update(None, gt, kind="appearance", sample_index=3)  # missing prediction: 0, counted
     results = metric.compute()
     assert results["expressions"] == 4 and results["missing"] == 1 and results["no_seg"] == 1
+    assert results["truncated"] == 0
     assert results["appearance/J"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert results["no_target/J&F"] == 1.0
     assert results["J"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
@@ -183,4 +185,160 @@ def test_mevis_metric_aggregates_per_expression_and_kind():
 def test_mevis_metric_rejects_unknown_kind():
     metric = MeViSMetric(kinds=["all"])
     with pytest.raises(ValueError, match="motion"):
-        metric.update(torch.zeros(1, 2, 2, dtype=torch.bool), torch.zeros(1, 2, 2, dtype=torch.bool), kind="motion")
+        empty = torch.zeros(1, 2, 2, dtype=torch.bool)
+        metric.update(empty, empty, kind="motion", sample_index=0)
+
+
+def test_mevis_metric_requires_the_sample_index():
+    empty = torch.zeros(1, 2, 2, dtype=torch.bool)
+    with pytest.raises(TypeError, match="sample_index"):
+        MeViSMetric().update(empty, empty)
+
+
+def _random_clip(rng: np.random.Generator, frames: int, height: int, width: int, empty_target: bool = False):
+    """(T, H, W) ground truth (moving discs, or nothing) and a noisy prediction of it; on an
+    empty target the prediction is empty on some frames and a stray blob on the others."""
+    yy, xx = np.mgrid[:height, :width]
+    gt = np.zeros((frames, height, width), bool)
+    pred = np.zeros_like(gt)
+    cy, cx, radius = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width, rng.uniform(3, height / 4)
+    for t in range(frames):
+        cy, cx = cy + rng.normal(0, 1.5), cx + rng.normal(0, 1.5)
+        if empty_target:
+            if rng.random() < 0.5:
+                pred[t] = (yy - cy) ** 2 + (xx - cx) ** 2 < 9
+            continue
+        gt[t] = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        dy, dx = rng.normal(0, 2.5, size=2)
+        disc = (yy - cy - dy) ** 2 + (xx - cx - dx) ** 2 < (radius * rng.uniform(0.7, 1.3)) ** 2
+        pred[t] = disc | (rng.random((height, width)) < 0.003)
+    return pred, gt
+
+
+def _reference_j(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = (pred | gt).sum()
+    return 1.0 if union == 0 else (pred & gt).sum() / float(union)
+
+
+def test_mevis_metric_follows_the_protocol_on_random_clips():
+    """Expression score = mean over its frames; benchmark score = mean over expressions,
+    with every frame computed by the test's own transcription of the spec."""
+    rng = np.random.default_rng(7)
+    clips = [  # (frames, height, width, kind, empty target): different lengths weigh differently
+        (1, 24, 40, "motion", False),
+        (3, 30, 30, "motion", False),
+        (9, 24, 40, "appearance", False),
+        (5, 36, 20, "appearance", False),
+        (6, 24, 40, "no_target", True),
+    ]
+    metric = MeViSMetric(kinds=["appearance", "motion", "no_target"])
+    per_expression = {"J": [], "F": [], "kind": []}
+    all_frames = {"J": [], "F": []}
+    for sample_index, (frames, height, width, kind, empty) in enumerate(clips):
+        pred, gt = _random_clip(rng, frames, height, width, empty)
+        metric.update(torch.from_numpy(pred), torch.from_numpy(gt), kind=kind, sample_index=sample_index)
+        j_frames = [_reference_j(p, g) for p, g in zip(pred, gt)]
+        f_frames = [_reference_f(p, g) for p, g in zip(pred, gt)]
+        per_expression["J"].append(np.mean(j_frames))
+        per_expression["F"].append(np.mean(f_frames))
+        per_expression["kind"].append(kind)
+        all_frames["J"] += j_frames
+        all_frames["F"] += f_frames
+    results = metric.compute()
+    for score in ("J", "F"):
+        values = np.array(per_expression[score])
+        assert 0.05 < values.min() and values.max() < 0.999  # neither trivial nor perfect
+        assert results[score] == pytest.approx(values.mean(), abs=1e-9)
+        # pooling frames instead of expressions would give a clearly different number
+        assert abs(np.mean(all_frames[score]) - values.mean()) > 1e-3
+        for kind in ("appearance", "motion", "no_target"):
+            selected = [k == kind for k in per_expression["kind"]]
+            assert results[f"{kind}/{score}"] == pytest.approx(values[selected].mean(), abs=1e-9)
+    assert results["J&F"] == pytest.approx((np.mean(per_expression["J"]) + np.mean(per_expression["F"])) / 2, abs=1e-9)
+    assert results["expressions"] == len(clips) and results["no_target/expressions"] == 1
+
+
+def _blob_clip(hit: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, gt) of shape (2, 8, 8): a perfect prediction, or one off the target (J = 0)."""
+    gt = torch.zeros(2, 8, 8, dtype=torch.bool)
+    gt[:, 2:5, 2:5] = True
+    pred = gt.clone() if hit else torch.roll(gt, shifts=(4, 4), dims=(1, 2))
+    return pred, gt
+
+
+def test_mevis_metric_counts_a_repeated_sample_once():
+    metric = MeViSMetric(kinds=["motion"])
+    metric.update(*_blob_clip(hit=True), kind="motion", sample_index=0)
+    metric.update(*_blob_clip(hit=False), kind="motion", sample_index=1)
+    # DDP padding scores sample 1 again (here even with another answer): the first counts
+    metric.update(*_blob_clip(hit=True), kind="motion", sample_index=1, truncated=True)
+    metric.update(*_blob_clip(hit=True), kind="motion", sample_index=0)
+    results = metric.compute()
+    assert results["expressions"] == 2 and results["motion/expressions"] == 2
+    assert results["J"] == pytest.approx(0.5) and results["truncated"] == 0
+
+
+def test_mevis_metric_counts_once_across_ranks():
+    """Two ranks of a DistributedSampler over 5 samples: rank 1's last sample is the padded
+    repeat of sample 0; the states are merged as DDP's concatenation does."""
+    ranks = [MeViSMetric(expected_samples=5), MeViSMetric(expected_samples=5)]
+    hits = {0: True, 1: False, 2: True, 3: True, 4: False}
+    for rank, indices in enumerate(([0, 2, 4], [1, 3, 0])):
+        for index in indices:
+            ranks[rank].update(*_blob_clip(hits[index]), sample_index=index)
+    ranks[0].merge_state(ranks[1])
+    results = ranks[0].compute()
+    assert results["expressions"] == 5 and results["J"] == pytest.approx(3 / 5)
+
+
+def test_mevis_metric_rejects_a_sample_index_with_two_kinds():
+    metric = MeViSMetric(kinds=["motion", "spatial"])
+    metric.update(*_blob_clip(True), kind="motion", sample_index=0)
+    metric.update(*_blob_clip(True), kind="spatial", sample_index=0)  # a batch position, not a dataset index
+    with pytest.raises(SparrowError, match="sample_index 0 .*'motion'.*'spatial'"):
+        metric.compute()
+
+
+def test_mevis_metric_expected_samples_names_the_missing_ones():
+    metric = MeViSMetric(expected_samples=4)
+    for index in (0, 1, 3, 3):
+        metric.update(*_blob_clip(True), sample_index=index)
+    with pytest.raises(SparrowError, match=r"3 distinct samples were scored, 4 were expected; missing sample indices: 2$"):
+        metric.compute()
+    metric.update(*_blob_clip(True), sample_index=2)
+    assert metric.compute()["expressions"] == 4  # now complete
+
+
+def test_mevis_metric_expected_samples_lists_at_most_ten_and_out_of_range():
+    metric = MeViSMetric()
+    metric.expected_samples = 30  # set after construction, as a module learns its split's size
+    for index in (0, 31):
+        metric.update(*_blob_clip(True), sample_index=index)
+    with pytest.raises(SparrowError) as error:
+        metric.compute()
+    message = str(error.value)
+    assert "2 distinct samples were scored, 30 were expected" in message
+    assert "missing sample indices: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, ... (19 more)" in message
+    assert "indices outside 0..29: 31" in message
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric MeViSMetric was called before")
+def test_mevis_metric_with_nothing_scored_raises():
+    with pytest.raises(SparrowError, match="no expression was scored"):
+        MeViSMetric().compute()
+
+
+def test_mevis_metric_counts_truncated_answers_apart_from_no_seg():
+    metric = MeViSMetric(kinds=["motion", "spatial"])
+    empty = torch.zeros(2, 8, 8, dtype=torch.bool)
+    _, gt = _blob_clip(True)
+    # cut off before [SEG]: no [SEG] and truncated; ended without [SEG]: no [SEG] only
+    metric.update(empty, gt, kind="motion", emitted_seg=False, truncated=True, sample_index=0)
+    metric.update(empty, gt, kind="motion", emitted_seg=False, sample_index=1)
+    metric.update(*_blob_clip(True), kind="spatial", truncated=True, sample_index=2)  # [SEG] came, then the cut
+    metric.update(*_blob_clip(True), kind="spatial", sample_index=3)
+    results = metric.compute()
+    assert (results["truncated"], results["no_seg"]) == (2, 2)
+    assert (results["motion/truncated"], results["motion/no_seg"]) == (1, 2)
+    assert (results["spatial/truncated"], results["spatial/no_seg"]) == (1, 0)
+    assert results["spatial/J"] == 1.0  # a truncated answer's mask is scored like any other

@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from sparrow_plugin.errors import SparrowError
 
-__all__ = ["SparrowCLI", "main", "run", "format_report"]
+__all__ = ["SparrowCLI", "main", "run", "format_report", "quiet_known_noise"]
+
+
+_HELP = (
+    "SPARROW for pixel-grounded video LLMs. The Lightning subcommands below take recipes "
+    "(--config recipes/...yaml); the other commands are `sparrow data synth --out DIR`, "
+    "`sparrow report RESULTS.json ...` and `sparrow tiny-release --host NAME --out DIR --data ROOT` "
+    "(each with its own --help)."
+)
 
 
 class SparrowCLI(LightningCLI):
@@ -31,6 +41,14 @@ class SparrowCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--results", type=str | None, default=None, help="write test metrics to this JSON file")
+
+    def before_fit(self) -> None:
+        if self.config.get(self.subcommand, {}).get("ckpt_path") == "last":
+            # resuming into the run's own checkpoint folder: that it is not empty is the point
+            warnings.filterwarnings(
+                "ignore", message=r"Checkpoint directory .* exists and is not empty", category=UserWarning,
+                module=r"lightning\.pytorch\.callbacks\.model_checkpoint$",
+            )
 
     def after_test(self) -> None:
         results = getattr(self.model, "test_results", None)
@@ -40,17 +58,25 @@ class SparrowCLI(LightningCLI):
         path = self.config.get(self.subcommand, {}).get("results")
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(results, indent=1, sort_keys=True))
+            # as computed, "protocol_deviations" included: `sparrow report` warns from the file
+            Path(path).write_text(json.dumps(results, indent=1, sort_keys=True, default=float))
             print(f"metrics written to {path}")
 
 
-def format_report(columns: dict[str, dict[str, float]]) -> str:
-    """A table of J, F, J&F (and counts) per expression kind, one column per result set."""
+def format_report(columns: dict[str, dict]) -> str:
+    """A table of J, F, J&F (and counts) per expression kind, one column per result set,
+    then a warning line for each result set whose ``protocol_deviations`` are not empty.
+
+    The count columns hold one number per result set, joined by '/': ``no [SEG]`` (answers
+    without [SEG], scored as empty masks) and ``cut off`` (answers cut by max_new_tokens).
+    """
     kinds = ["overall"] + sorted(
         {key.split("/")[0] for results in columns.values() for key in results if "/" in key}, key=_kind_order
     )
     names = list(columns)
-    header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}" + "".join(f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names)
+    header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}{'cut off':>9}" + "".join(
+        f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names
+    )
     lines = [header, "-" * len(header)]
     for kind in kinds:
         prefix = "" if kind == "overall" else f"{kind}/"
@@ -58,11 +84,15 @@ def format_report(columns: dict[str, dict[str, float]]) -> str:
         if f"{prefix}J" not in first:
             continue
         row = f"{kind:<12}{int(first.get(prefix + 'expressions', 0)):>5}"
-        row += f"{'/'.join(str(int(c.get(prefix + 'no_seg', 0))) for c in columns.values()):>10}"
+        for count, width in (("no_seg", 10), ("truncated", 9)):
+            row += f"{'/'.join(str(int(c.get(prefix + count, 0))) for c in columns.values()):>{width}}"
         for results in columns.values():
             row += f"{results.get(prefix + 'J', float('nan')):>14.3f}{results.get(prefix + 'F', float('nan')):>8.3f}"
             row += f"{results.get(prefix + 'J&F', float('nan')):>8.3f}"
         lines.append(row)
+    for name, results in columns.items():
+        if results.get("protocol_deviations"):
+            lines.append(f"WARNING {name}: not the benchmark protocol: {'; '.join(results['protocol_deviations'])}")
     return "\n".join(lines)
 
 
@@ -144,6 +174,7 @@ def run(argv: list[str] | None = None) -> SparrowCLI | None:
     ``trainer`` and ``model``) for the Lightning subcommands, None for the others.
     Errors propagate; :func:`main` turns the user's into one message."""
     args = list(sys.argv[1:] if argv is None else argv)
+    quiet_known_noise()
     if args and args[0] == "data":
         return _data_command(args[1:])
     if args and args[0] == "report":
@@ -154,8 +185,48 @@ def run(argv: list[str] | None = None) -> SparrowCLI | None:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": _HELP},
         args=argv,  # None: LightningCLI reads sys.argv itself
     )
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's advertisements for its cloud services; its other notes stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("💡 Tip: For seamless cloud")
+
+
+_DROP_TIPS = _DropTips()
+
+
+def quiet_known_noise() -> None:
+    """Silences third-party messages that are known, harmless and repeated on every run,
+    each by its exact message and source; every other warning still shows."""
+    # FutureWarning of torch 2.14: Lightning 2.6's own pytree helper still builds `LeafSpec()`;
+    # printed once per run, nothing a user can change (Lightning's to fix, not ours)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree$",
+    )
+    # `make train` passes `--ckpt_path last` so that an interrupted run resumes; on the first
+    # run there is nothing to resume, which Lightning reports with a misleading hint to set
+    # save_last (the recipes do). A resumed run still says "Restoring states from ..."
+    warnings.filterwarnings(
+        "ignore", message=r'\.\w+\(ckpt_path="last"\) is set, but there is no last checkpoint available',
+        category=UserWarning, module=r"lightning\.pytorch\.trainer\.connectors\.checkpoint_connector$",
+    )
+    # `sparrow test` on several devices: the padding DistributedSampler repeats samples, but
+    # test reports only MeViSMetric, which counts each sample index once. (Not filtered for
+    # `validate`, whose epoch-mean losses do see the repeats.)
+    warnings.filterwarnings(
+        "ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.test\(\)`",
+        category=UserWarning, module=r"lightning\.pytorch\.trainer\.connectors\.data_connector$",
+    )
+    # "💡 Tip: For seamless cloud logging ... litlogger" (every run) and "... cloud uploads ...
+    # litmodels" (runs without a ModelCheckpoint): rank_zero_info records on these loggers
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DROP_TIPS)  # the same filter object is added once
 
 
 def _sparrow_error_in(error: BaseException | None) -> SparrowError | None:
