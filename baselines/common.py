@@ -16,7 +16,6 @@ __all__ = [
     "clip_patch_features",
     "text_hidden_fcs",
     "OneTokenProjection",
-    "frame_indices",
     "resize_square",
     "resolve_path",
     "to_release_names",
@@ -48,13 +47,6 @@ class OneTokenProjection(nn.Module):
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         return self.layers(states).unsqueeze(1)
-
-
-def frame_indices(total: int, wanted: int, device) -> torch.Tensor:
-    """``wanted`` evenly spaced frames; a shorter clip repeats its last frame."""
-    if total >= wanted:
-        return torch.linspace(0, total - 1, wanted, device=device).round().long()
-    return torch.cat([torch.arange(total, device=device), torch.full((wanted - total,), total - 1, device=device)])
 
 
 def clip_patch_features(tower: nn.Module, images: torch.Tensor, select_layer: int) -> torch.Tensor:

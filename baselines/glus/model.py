@@ -22,6 +22,7 @@ folder.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +31,8 @@ from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from baselines.common import IMAGE_PLACEHOLDER, SAM2_STABILITY_FALLBACK, OneTokenProjection, clip_patch_features, resolve_path, text_hidden_fcs
 from baselines.glus.config import GLUSConfig
-from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, tsf_placeholders
+from sparrow_plugin.frames import square_size
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, requested_frames, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
     load_release,
@@ -39,7 +41,7 @@ from sparrow_plugin.hosts.release import (
     read_release_weights,
     require_downloads,
 )
-from sparrow_plugin.interfaces import DecoderSpec, HostInputs, VisualFeatures
+from sparrow_plugin.interfaces import DecoderSpec, FrameRequest, HostInputs, VisualFeatures
 
 __all__ = ["GLUS", "RELEASE_KEYS"]
 
@@ -113,22 +115,32 @@ class GLUS(CausalLMHost):
             prompt_layout="tokens_only",  # GLUS' prompt encoder: the [SEG] token alone
             multimask=False,
             overrides=SAM2_STABILITY_FALLBACK,
+            # it calls SAM2's mask decoder directly in training: no gate, no presence loss
+            gate_masks_in_training=False,
+            presence_weight=0.0,
         )
 
     def seg_projection(self) -> nn.Module:
         return OneTokenProjection(self.text_hidden_fcs[0])
 
-    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
-        """Context frames (the middle of each quarter) then the query frame (frame 0)."""
-        num_clips, total = frames.shape[:2]
-        picked = torch.cat([_context_frames(total, self.config.context_frames, frames.device), torch.zeros(1, dtype=torch.long, device=frames.device)])
-        images = frames[:, picked].flatten(0, 1)
+    def frame_request(self) -> FrameRequest:
+        """Context frames (the middle of each quarter) then the query frame (frame 0), at
+        CLIP's square size."""
+        return FrameRequest(
+            sample=partial(glus_frames, context=self.config.context_frames),
+            size=partial(square_size, size=self.vision_tower.config.image_size),
+        )
+
+    def encode_video(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> VisualFeatures:
+        num_clips = frames.shape[0]
+        picked, frame_ids = requested_frames(self.frame_request(), frames, frame_indices, self.config.context_frames + 1)
+        images = picked.flatten(0, 1)
         patches = clip_patch_features(self.vision_tower, images, self.config.mm_vision_select_layer)  # (N, 256, 1024)
         pooled = nn.functional.avg_pool1d(patches.transpose(1, 2), 4, 4).transpose(1, 2)  # 4 neighbours in reading order
-        tokens = self.mm_projector(pooled).view(num_clips, len(picked), -1, self.hidden_size)
+        tokens = self.mm_projector(pooled).view(num_clips, picked.shape[1], -1, self.hidden_size)
         grid = int(patches.shape[1] ** 0.5)
-        dense = patches.view(num_clips, len(picked), grid, grid, -1).permute(0, 1, 4, 2, 3)
-        return VisualFeatures(llm_tokens=tokens.flatten(1, 2), dense=dense, dense_frames=picked.expand(num_clips, -1))
+        dense = patches.view(num_clips, picked.shape[1], grid, grid, -1).permute(0, 1, 4, 2, 3)
+        return VisualFeatures(llm_tokens=tokens.flatten(1, 2), dense=dense, dense_frames=frame_ids)
 
     def build_inputs(
         self,
@@ -159,9 +171,10 @@ class GLUS(CausalLMHost):
         return inputs
 
 
-def _context_frames(total: int, count: int, device) -> torch.Tensor:
-    """The middle frame of each of ``count`` equal parts of the clip (GLUS' inference rule)."""
-    edges = torch.linspace(0, total, count + 1, device=device).long()
-    middle = (edges[:-1] + edges[1:]) // 2
-    return torch.minimum(middle, (edges[1:] - 1).clamp(min=0))
+def glus_frames(total: int, context: int) -> list[int]:
+    """GLUS' frames: the middle frame of each of ``context`` equal parts of the clip (its
+    inference rule), then the query frame, frame 0."""
+    edges = torch.linspace(0, total, context + 1).long()
+    middle = torch.minimum((edges[:-1] + edges[1:]) // 2, (edges[1:] - 1).clamp(min=0))
+    return middle.tolist() + [0]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,10 +31,11 @@ from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2.modeling_qwen2 import Qwen2RMSNorm
 
-from baselines.common import CLIP_MEAN, CLIP_STD, frame_indices
+from baselines.common import CLIP_MEAN, CLIP_STD
 from baselines.unipixel.config import UniPixelConfig
 from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
-from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, splice, tsf_placeholders
+from sparrow_plugin.frames import resize_frames, uniform_frames
+from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, requested_frames, splice, tsf_placeholders
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.hosts.release import (
     KeyMap,
@@ -43,7 +45,7 @@ from sparrow_plugin.hosts.release import (
     read_release_weights,
     require_downloads,
 )
-from sparrow_plugin.interfaces import DecoderSpec, EmbedEdit, Generation, HostInputs, HostOutput, VisualFeatures
+from sparrow_plugin.interfaces import DecoderSpec, EmbedEdit, FrameRequest, Generation, HostInputs, HostOutput, VisualFeatures
 
 __all__ = ["UniPixel", "RELEASE_KEYS", "video_patches", "smart_resize", "mrope_positions"]
 
@@ -142,6 +144,10 @@ class UniPixel(nn.Module):
             prompt_layout="after_padding",  # [not-a-point, not-a-point, h0, h1], as UniPixel's prompt encoder
             multimask=True,
             overrides=(f"++model.image_size={self.config.sam2_image_size}",),
+            # UniPixel gates masks at inference only and supervises presence (BCE, as
+            # heavy as its DICE term)
+            gate_masks_in_training=False,
+            presence_weight=1.0,
         )
 
     def seg_projection(self) -> nn.Module:
@@ -154,28 +160,41 @@ class UniPixel(nn.Module):
     def new_token_parameters(self) -> list[nn.Parameter]:
         return added_token_parameters(self.qwen)
 
-    def video_inputs(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    @property
+    def _llm_frame_count(self) -> int:
+        return self.config.num_frames + self.config.num_frames % 2  # Qwen pairs frames
+
+    def frame_request(self) -> FrameRequest:
+        """16 frames evenly spaced over the whole clip, at Qwen2-VL's size for the video's
+        own aspect ratio (``smart_resize``), resized bicubic as its processor does."""
+        config = self.config
+        return FrameRequest(
+            sample=partial(uniform_frames, count=self._llm_frame_count),
+            size=partial(smart_resize, min_pixels=config.min_pixels, max_pixels=config.max_pixels),
+            interpolation="bicubic",
+        )
+
+    def video_inputs(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What Qwen2.5-VL's processor makes of the clips: (patch rows of all clips,
-        (B, 3) grid_thw, the frames read)."""
-        config, vision = self.config, self.qwen.config.vision_config
-        frame_ids = frame_indices(frames.shape[1], config.num_frames + config.num_frames % 2, frames.device)  # Qwen pairs frames
-        picked = frames[:, frame_ids]
-        height, width = smart_resize(frames.shape[-2], frames.shape[-1], config.min_pixels, config.max_pixels)
-        clips = F.interpolate(picked.flatten(0, 1), size=(height, width), mode="bicubic", align_corners=False, antialias=True)
-        clips = ((clips.clamp(0, 1) - self.pixel_mean) / self.pixel_std).view(*picked.shape[:2], 3, height, width)
+        (B, 3) grid_thw, (B, T) the clip frames read)."""
+        vision, request = self.qwen.config.vision_config, self.frame_request()
+        picked, frame_ids = requested_frames(request, frames, frame_indices, self._llm_frame_count)
+        height, width = request.size(frames.shape[-2], frames.shape[-1])
+        clips = resize_frames(picked, (height, width), request.interpolation)
+        clips = (clips - self.pixel_mean) / self.pixel_std
         patches, grids = zip(*(video_patches(clip, vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size) for clip in clips))
         return torch.cat(patches), torch.stack(grids), frame_ids
 
-    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
+    def encode_video(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> VisualFeatures:
         vision = self.qwen.config.vision_config
-        patches, grid_thw, frame_ids = self.video_inputs(frames)
+        patches, grid_thw, frame_ids = self.video_inputs(frames, frame_indices)
         merged = self.qwen.model.get_video_features(patches, grid_thw).pooler_output
         tokens = torch.stack(list(merged))  # (B, N, hidden), raster order
         grid_t, grid_h, grid_w = grid_thw[0].tolist()
         side = vision.spatial_merge_size
         dense = tokens.view(len(tokens), grid_t, grid_h // side, grid_w // side, -1).permute(0, 1, 4, 2, 3)
-        first_of_pairs = frame_ids[:: vision.temporal_patch_size]
-        return VisualFeatures(llm_tokens=(tokens, grid_thw), dense=dense, dense_frames=first_of_pairs.expand(len(tokens), -1))
+        first_of_pairs = frame_ids[:, :: vision.temporal_patch_size]
+        return VisualFeatures(llm_tokens=(tokens, grid_thw), dense=dense, dense_frames=first_of_pairs)
 
     def build_inputs(
         self,
@@ -218,8 +237,8 @@ class UniPixel(nn.Module):
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
         stop = self.tokenizer.convert_tokens_to_ids(END)
-        new_ids, new_mask = greedy_generate(
-            self._text_lm,
+        result = greedy_generate(
+            self._lm_step,
             inputs_embeds=self._embed(inputs, edits),
             attention_mask=inputs.attention_mask,
             position_ids=inputs.extras["position_ids"],
@@ -227,21 +246,32 @@ class UniPixel(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
         )
-        self._pre_norm.clear()
         positions = inputs.extras["position_ids"]
-        steps = torch.arange(1, new_ids.shape[1] + 1, device=positions.device)
+        steps = torch.arange(1, result.new_ids.shape[1] + 1, device=positions.device)
         new_positions = positions[..., -1:] + steps  # text after the prompt: one more in every row
-        return finish_generation(inputs, new_ids, new_mask, self.tokenizer, extras={"position_ids": torch.cat([positions, new_positions], dim=-1)})
+        extras = {"position_ids": torch.cat([positions, new_positions], dim=-1)}
+        return finish_generation(inputs, result, self.grounding_offset, self.tokenizer, extras=extras)
 
     # ------------------------------------------------------------------ internals
 
     def _text_lm(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
-        """The language model and its head, as a causal LM (logits, cache) for generation."""
+        """The language model and its head, as a causal LM (logits, cache)."""
         out = self.language_model(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
             position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
         )
         return SimpleNamespace(logits=self.qwen.lm_head(out.last_hidden_state), past_key_values=out.past_key_values)
+
+    def _lm_step(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None):
+        """One cached call for generation: the head on the last position only; the
+        grounding states are the last layer's output before the final norm."""
+        self._pre_norm.clear()
+        out = self.language_model(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, use_cache=True,
+        )
+        states = self._pre_norm.pop()
+        return self.qwen.lm_head(out.last_hidden_state[:, -1]), states, out.past_key_values
 
     def _embed(self, inputs: HostInputs, edits: Sequence[EmbedEdit]) -> torch.Tensor:
         embeds = self.qwen.get_input_embeddings()(inputs.input_ids)

@@ -18,6 +18,7 @@ rebuilds them from ``config.json`` at load time and ignores any copy in the fold
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,14 +31,14 @@ from baselines.common import (
     SAM2_STABILITY_FALLBACK,
     OneTokenProjection,
     clip_patch_features,
-    frame_indices,
     resize_square,
     resolve_path,
     text_hidden_fcs,
 )
 from baselines.videoglamm.config import VideoGLaMMConfig
 from baselines.videoglamm.towers import load_temporal_tower
-from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, tsf_placeholders
+from sparrow_plugin.frames import square_size, uniform_frames
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, requested_frames, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
     load_release,
@@ -46,7 +47,7 @@ from sparrow_plugin.hosts.release import (
     read_release_weights,
     require_downloads,
 )
-from sparrow_plugin.interfaces import DecoderSpec, HostInputs, VisualFeatures
+from sparrow_plugin.interfaces import DecoderSpec, FrameRequest, HostInputs, VisualFeatures
 
 __all__ = ["VideoGLaMM", "RELEASE_KEYS"]
 
@@ -155,16 +156,26 @@ class VideoGLaMM(CausalLMHost):
             prompt_layout="after_padding",
             multimask=True,
             overrides=SAM2_STABILITY_FALLBACK,
+            # it calls SAM2's mask decoder directly in training: no gate, no presence loss
+            gate_masks_in_training=False,
+            presence_weight=0.0,
         )
 
     def seg_projection(self) -> nn.Module:
         return OneTokenProjection(self.text_hidden_fcs[0])
 
-    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
+    def frame_request(self) -> FrameRequest:
+        """16 frames evenly spaced over the whole clip, at CLIP's square size (the temporal
+        tower resizes them to 224 itself)."""
+        return FrameRequest(
+            sample=partial(uniform_frames, count=self.config.num_frames),
+            size=partial(square_size, size=self.spatial_tower.config.image_size),
+        )
+
+    def encode_video(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> VisualFeatures:
         config = self.config
         num_clips = frames.shape[0]
-        frame_ids = frame_indices(frames.shape[1], config.num_frames, frames.device)
-        picked = frames[:, frame_ids]  # (B, F, 3, S, S)
+        picked, frame_ids = requested_frames(self.frame_request(), frames, frame_indices, config.num_frames)
         images = picked.flatten(0, 1)
 
         patches = clip_patch_features(self.spatial_tower, images, config.mm_vision_select_layer)  # (B*F, P, 1024)
@@ -176,7 +187,7 @@ class VideoGLaMM(CausalLMHost):
 
         grid = int(patches.shape[1] ** 0.5)
         dense = patches.view(num_clips, config.num_frames, grid, grid, -1).permute(0, 1, 4, 2, 3)
-        return VisualFeatures(llm_tokens=torch.cat([context, video], dim=1), dense=dense, dense_frames=frame_ids.expand(num_clips, -1))
+        return VisualFeatures(llm_tokens=torch.cat([context, video], dim=1), dense=dense, dense_frames=frame_ids)
 
     def build_inputs(
         self,

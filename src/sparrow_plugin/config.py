@@ -7,7 +7,7 @@ from typing import Literal
 
 from sparrow_plugin.errors import ConfigError
 
-__all__ = ["LoraSettings", "LossWeights", "DecoderSettings", "SparrowConfig", "PARAMETER_GROUPS"]
+__all__ = ["LoraSettings", "LossWeights", "DecoderSettings", "SparrowConfig", "PARAMETER_GROUPS", "check_mask_supervision"]
 
 # What can train, by name; ``SparrowConfig.lr_scale`` and the optimizer groups use these.
 PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder")
@@ -38,21 +38,22 @@ class LoraSettings:
 
 @dataclass
 class LossWeights:
-    """Weights of the stage-1 loss ``ce * CE + bce * BCE + dice * DICE (+ presence * P)``.
+    """Weights of the stage-1 loss ``ce * CE + bce * BCE + dice * DICE + presence * P``.
 
     The default is the paper's plain sum. ``presence`` supervises SAM2's object-presence
-    head; it is off by default (released hosts arrive with a trained one).
+    head; None takes the weight the host trained with (``DecoderSpec.presence_weight``).
     """
 
     ce: float = 1.0
     bce: float = 1.0
     dice: float = 1.0
-    presence: float = 0.0
+    presence: float | None = None
 
     def __post_init__(self):
         for name in ("ce", "bce", "dice", "presence"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"loss.{name} must be >= 0, got {value}")
 
 
 @dataclass
@@ -62,29 +63,39 @@ class DecoderSettings:
     Attributes:
         mode: ``track`` (prompt one frame, SAM2 memory carries the object) or
             ``per_frame`` (prompt every frame independently).
-        cond_frame: the prompted frame in ``track`` mode.
+        cond_frame: the prompted frame at inference in ``track`` mode: ``first``, or a
+            frame index (negative counts from the end). In training SAM2 is prompted on a
+            frame where the target is visible, drawn at random among them by the data
+            pipeline (``VideoBatch.cond_frames``).
         train_mask_decoder: also train SAM2's mask decoder (LISA, VideoGLaMM and GLUS do).
-        train_frames: in training, decode only this many frames of each clip (the first
-            ones from the prompted frame in ``track`` mode, a random subset in
-            ``per_frame`` mode); the LLM still sees the whole clip. None: all frames.
+        train_frames: in training, decode only this many of the sample's frames (in
+            ``track`` mode consecutive ones starting at the prompted frame, or ending at
+            it near the clip's end, so the window always holds it; a random subset in
+            ``per_frame`` mode). None: all frames.
         prompt_tokens: SAM2 prompt tokens per [SEG] when SPARROW builds the [SEG]
             adapter (UniPixel's head emits 2); a host's own projection decides for itself.
         gate_masks_in_training: keep SAM2's rule that a mask scored "absent" becomes a
-            constant (no gradient) in training too; UniPixel applies it at inference only.
+            constant (no gradient) in training too. None takes the host's
+            (``DecoderSpec.gate_masks_in_training``; no released host gates in training).
+            Ungated, only the mask output is left ungated: SAM2's memory and object
+            pointer still see its own presence score, as UniPixel trains, so the memory
+            meets "absent" in training as it does at inference.
     """
 
     mode: Literal["track", "per_frame"] = "track"
-    cond_frame: int = 0
+    cond_frame: Literal["first"] | int = "first"
     train_mask_decoder: bool = False
     train_frames: int | None = None
     prompt_tokens: int = 1
-    gate_masks_in_training: bool = True
+    gate_masks_in_training: bool | None = None
 
     def __post_init__(self):
         if self.train_frames is not None and self.train_frames < 1:
             raise ConfigError(f"decoder.train_frames must be >= 1 or null, got {self.train_frames}")
         if self.prompt_tokens < 1:
             raise ConfigError(f"decoder.prompt_tokens must be >= 1, got {self.prompt_tokens}")
+        if self.cond_frame != "first" and not isinstance(self.cond_frame, int):
+            raise ConfigError(f"decoder.cond_frame must be 'first' or a frame index, got {self.cond_frame!r}")
 
 
 @dataclass
@@ -128,3 +139,14 @@ class SparrowConfig:
         unknown = sorted(set(self.lr_scale) - set(PARAMETER_GROUPS))
         if unknown:
             raise ConfigError(f"lr_scale has unknown groups {unknown}; known: {list(PARAMETER_GROUPS)}")
+        check_mask_supervision(self.decoder.gate_masks_in_training, self.loss.presence)
+
+
+def check_mask_supervision(gated: bool | None, presence: float | None, source: str = "the recipe") -> None:
+    """Refuse SAM2's training gate without a presence loss: a mask SAM2 scores "absent"
+    becomes a constant, so BCE and DICE send it no gradient and nothing else would."""
+    if gated and presence == 0:
+        raise ConfigError(
+            f"{source} sets decoder.gate_masks_in_training true with loss.presence 0: samples SAM2 scores "
+            "absent would train on a constant; set loss.presence > 0 or gate_masks_in_training false"
+        )

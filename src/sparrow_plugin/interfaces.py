@@ -8,10 +8,12 @@ protocol.
 
 How the pieces meet, per batch (see DESIGN.md for the picture)::
 
-    visual = host.encode_video(frames)                      # LLM tokens + dense features
+    request = host.frame_request()                          # which frames, at what size (data side)
+    visual = host.encode_video(llm_frames, frame_indices)   # LLM tokens + dense features
     inputs = host.build_inputs(visual, queries, answers, num_tsf_tokens=K)
     output = host.forward(inputs, edits=[EmbedEdit(tsf_id, tsf_values)])
     states = output.grounding_states[b, p + host.grounding_offset]   # p: a [SEG] position
+    generation = host.generate(prompt)                      # answers + their grounding states, one prefill
 
 Differences between hosts live behind this contract as data, not branches:
 
@@ -28,7 +30,7 @@ Differences between hosts live behind this contract as data, not branches:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -38,6 +40,8 @@ from torch import nn
 __all__ = [
     "GROUNDING_TOKENS",
     "EmbedEdit",
+    "FrameRequest",
+    "DenseGeometry",
     "VisualFeatures",
     "HostInputs",
     "HostOutput",
@@ -45,7 +49,9 @@ __all__ = [
     "DecoderSpec",
     "HostAdapter",
     "VideoBatch",
+    "ImageFeatures",
     "DecoderOutput",
+    "Prediction",
 ]
 
 # Roles SPARROW adds to a host's vocabulary; a host may name them differently
@@ -71,6 +77,52 @@ class EmbedEdit:
     values: torch.Tensor
 
 
+@dataclass(frozen=True)
+class FrameRequest:
+    """Which frames of a clip a host's LLM reads, and at what size.
+
+    The data pipeline reads these frames for the host, apart from the decoder's (a host
+    reads its frames from the whole clip, the decoder a training window). Both fields are
+    picklable callables (module-level functions or ``functools.partial`` of them), since
+    DataLoader workers receive the request, never the host.
+
+    Attributes:
+        sample: ``sample(num_frames_in_clip) -> list[int]`` the clip frames, in order. No
+            frame repeats unless the clip is shorter than the host asks for.
+        size: ``size(height, width) -> (height, width)`` of the frames handed to
+            :meth:`HostAdapter.encode_video` (a square for CLIP towers, the aspect-keeping
+            Qwen2-VL rule for UniPixel).
+        interpolation: how frames are resized to ``size`` (``bilinear`` or ``bicubic``).
+    """
+
+    sample: Callable[[int], list[int]]
+    size: Callable[[int, int], tuple[int, int]]
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+
+@dataclass(frozen=True)
+class DenseGeometry:
+    """Where a dense feature grid lies in its frame, so that regions can be read from it.
+
+    Attributes:
+        grid: (h, w) cells of the map.
+        region: (x0, y0, x1, y1), the part of the frame the grid covers, in normalised
+            frame coordinates; ``(0, 0, 1, 1)`` when the host resized the whole frame (all
+            shipped hosts do: they stretch or resize whole frames, never crop).
+    """
+
+    grid: tuple[int, int]
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+    def to_grid(self, boxes: torch.Tensor) -> torch.Tensor:
+        """(..., 4) normalised xyxy boxes -> the same boxes in grid cells (cell i spans
+        [i, i + 1)), ready for ``torchvision.ops.roi_align(..., spatial_scale=1, aligned=True)``."""
+        x0, y0, x1, y1 = self.region
+        height, width = self.grid
+        scale = boxes.new_tensor([width / (x1 - x0), height / (y1 - y0)] * 2)
+        return (boxes - boxes.new_tensor([x0, y0, x0, y0])) * scale
+
+
 @dataclass
 class VisualFeatures:
     """What a host's vision side makes of a batch of clips.
@@ -80,12 +132,19 @@ class VisualFeatures:
             host's V→L adapter); only the host reads it.
         dense: (B, T', C, h, w) per-frame spatial feature maps, read by TSF region
             encoding.
-        dense_frames: (B, T') which frames of the clip ``dense`` covers.
+        dense_frames: (B, T') long, the clip frames ``dense`` covers (indices in the clip,
+            as given to :meth:`HostAdapter.encode_video`).
+        geometry: how a box in normalised frame coordinates maps onto ``dense``'s grid.
     """
 
     llm_tokens: Any
     dense: torch.Tensor
     dense_frames: torch.Tensor
+    geometry: DenseGeometry | None = None
+
+    def __post_init__(self):
+        if self.geometry is None:
+            self.geometry = DenseGeometry(grid=tuple(self.dense.shape[-2:]))
 
 
 @dataclass
@@ -125,18 +184,29 @@ class HostOutput:
 
 @dataclass
 class Generation:
-    """Result of :meth:`HostAdapter.generate`.
+    """Result of :meth:`HostAdapter.generate`: the answers and what grounding needs of them,
+    from one prefill of the prompt and cached decoding (no second pass over the answer).
 
     Attributes:
-        inputs: prompt plus generated tokens as :class:`HostInputs` (labels None), ready
-            for a :meth:`HostAdapter.forward` that yields the grounding states.
+        inputs: prompt plus generated tokens as :class:`HostInputs` (labels None).
         texts: the generated answers, decoded, one per sample.
-        num_prompt_tokens: (B,) where each sample's generated part starts.
+        num_prompt_tokens: (B,) where each sample's generated part starts in ``inputs``.
+        new_ids: (B, N) long generated tokens (padding after a row's end).
+        new_mask: (B, N) bool, True for real generated tokens (up to and with the stop token).
+        token_states: (B, N, hidden_size) for each generated token, the hidden state that
+            represents it as a grounding token (the host's ``grounding_offset`` applied,
+            the same tensor kind as ``HostOutput.grounding_states``).
+        truncated: (B,) bool, the answer was cut off by ``max_new_tokens`` before its stop
+            token (it may be missing grounding tokens the model would have said).
     """
 
     inputs: HostInputs
     texts: list[str]
     num_prompt_tokens: torch.Tensor
+    new_ids: torch.Tensor
+    new_mask: torch.Tensor
+    token_states: torch.Tensor
+    truncated: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -155,6 +225,14 @@ class DecoderSpec:
         multimask: whether a token-prompted frame yields SAM2's three masks (best
             predicted IoU kept) rather than one.
         overrides: Hydra-style overrides applied to the config (``++model.key=value``).
+        gate_masks_in_training: whether the host trained with SAM2's rule that a mask
+            scored "absent" becomes a constant (no gradient). None of the released hosts
+            does: VideoGLaMM and GLUS call the mask decoder directly, UniPixel gates at
+            inference only.
+        presence_weight: the weight the host gave SAM2's object-presence loss next to a
+            mask BCE and DICE of weight 1 (UniPixel supervises it; VideoGLaMM and GLUS
+            do not). Gated training with weight 0 is refused: those samples would train
+            on a constant.
     """
 
     config: str
@@ -163,6 +241,8 @@ class DecoderSpec:
     prompt_layout: Literal["tokens_only", "after_padding"] = "tokens_only"
     multimask: bool = False
     overrides: tuple[str, ...] = ()
+    gate_masks_in_training: bool = False
+    presence_weight: float = 0.0
 
 
 @runtime_checkable
@@ -228,12 +308,18 @@ class HostAdapter(Protocol):
         """The trainable rows created by :meth:`add_tokens`."""
         ...
 
-    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
+    def frame_request(self) -> FrameRequest:
+        """Which frames of a clip the LLM reads, and at what size."""
+        ...
+
+    def encode_video(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> VisualFeatures:
         """Encode clips.
 
         Args:
-            frames: (B, T, 3, S, S) float RGB in [0, 1] (the decoder's square input size;
-                hosts resize and normalise for their own towers).
+            frames: (B, T, 3, H, W) float RGB in [0, 1], the frames of :meth:`frame_request`
+                at its size (hosts resize and normalise further for their own towers).
+            frame_indices: (B, T) long, their indices in the clip (default: 0..T-1); they
+                become ``VisualFeatures.dense_frames``.
         """
         ...
 
@@ -260,7 +346,8 @@ class HostAdapter(Protocol):
         ...
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
-        """Greedy generation from a prompt built with ``answers=None``."""
+        """Greedy generation from a prompt built with ``answers=None``: one prefill, then
+        cached decoding; returns the grounding states of the generated tokens too."""
         ...
 
 
@@ -271,8 +358,12 @@ class HostAdapter(Protocol):
 class VideoBatch:
     """A collated batch of referring-video samples (see ``data.collate``).
 
+    The decoder's frames and the host's LLM frames are sampled apart: the decoder reads a
+    training window (or every frame at evaluation), the host the frames its
+    :class:`FrameRequest` asks for, from the whole clip.
+
     Attributes:
-        frames: (B, T, 3, S, S) float in [0, 1].
+        frames: (B, T, 3, S, S) float in [0, 1], the decoder's frames.
         masks: (B, T, S, S) bool ground truth at the decoder size (the union of the
             referred objects), or None (no labels).
         object_masks: per sample (K, T, S, S) bool, one per referred object, or None.
@@ -281,8 +372,24 @@ class VideoBatch:
         kinds: expression kind per sample (``all`` when the dataset has none).
         keys: (video, expression id) per sample.
         obj_ids: per sample, the referred objects' ids in the video.
-        frame_names: per sample, the frame names (for writing predictions).
+        frame_names: per sample, the names of the decoder's frames (for writing predictions).
         original_sizes: per sample, (H, W).
+        indices: (B,) long, each sample's index in its dataset (evaluation counts every
+            index once, whatever the number of devices).
+        frame_indices: (B, T) long, the decoder's frames in the clip.
+        has_target: (B,) bool, the annotation refers to an object visible somewhere in the
+            whole video (not only in the sampled frames), or None without labels.
+        cond_frames: (B,) long, per sample a frame of ``frames`` where the target is visible
+            (drawn at random among them in training), where SAM2 is prompted in training;
+            0 when nothing is visible or without labels.
+        object_boxes: per sample (K, T, 4) float normalised xyxy boxes of the referred
+            objects in the decoder's frames (zeros where not visible), or None.
+        object_visible: per sample (K, T) bool, or None.
+        llm_frames: (B, T_h, 3, h, w) the host's frames, or None when the data pipeline was
+            not told the host's :class:`FrameRequest` (the model then samples them from
+            ``frames``).
+        llm_frame_indices: (B, T_h) long, their indices in the clip, or None.
+        tsf: per sample, the Target-Specific Tracking Feature records, or None.
     """
 
     frames: torch.Tensor
@@ -295,6 +402,15 @@ class VideoBatch:
     obj_ids: list[list[int]]
     frame_names: list[list[str]]
     original_sizes: list[tuple[int, int]]
+    indices: torch.Tensor | None = None
+    frame_indices: torch.Tensor | None = None
+    has_target: torch.Tensor | None = None
+    cond_frames: torch.Tensor | None = None
+    object_boxes: list[torch.Tensor] | None = None
+    object_visible: list[torch.Tensor] | None = None
+    llm_frames: torch.Tensor | None = None
+    llm_frame_indices: torch.Tensor | None = None
+    tsf: list[Any] | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -302,6 +418,32 @@ class VideoBatch:
     @property
     def has_targets(self) -> bool:
         return self.masks is not None
+
+
+@dataclass
+class ImageFeatures:
+    """SAM2 image features (Hiera trunk + FPN) of the encoded frames of a batch, computed
+    once per frame and read by mask decoding (and, with stage 2, the proposer and the
+    filtration head's RoI features).
+
+    Attributes:
+        levels: per FPN level, (h*w, R, C) features of the R encoded frames, flattened
+            the way SAM2's ``track_step`` reads them (high resolution first).
+        positions: per level, the positional encodings, same shapes.
+        sizes: per level, (h, w).
+        rows: (B, T) long, the row of (clip, frame) in ``levels``; -1 where the frame
+            was not encoded (a clip without grounding tokens, a frame outside the window).
+    """
+
+    levels: list[torch.Tensor]
+    positions: list[torch.Tensor]
+    sizes: list[tuple[int, int]]
+    rows: torch.Tensor
+
+    def maps(self, level: int = -1) -> torch.Tensor:
+        """(R, C, h, w) feature maps of one level (the last is the lowest resolution)."""
+        height, width = self.sizes[level]
+        return self.levels[level].permute(1, 2, 0).reshape(-1, self.levels[level].shape[-1], height, width)
 
 
 @dataclass
@@ -315,3 +457,28 @@ class DecoderOutput:
 
     mask_logits: torch.Tensor
     object_logits: torch.Tensor
+
+
+@dataclass
+class Prediction:
+    """What the model answers for one (video, expression).
+
+    Attributes:
+        answer: the generated text.
+        truncated: the answer was cut off by ``max_new_tokens``.
+        grounding_tokens: the roles of the grounding tokens it holds, in order
+            (``["seg"]``, ``["box", "seg"]``, ``["seg", "seg"]``, ...).
+        masks: (T, H, W) bool at the original size, the union of the segmented objects,
+            or None when the answer holds no [SEG].
+        object_masks: (K, T, H, W) bool, one per [SEG], or None.
+        object_scores: (K, T) SAM2's object-presence logits, or None.
+        cond_frame: the frame SAM2 was prompted on.
+    """
+
+    answer: str
+    truncated: bool
+    grounding_tokens: list[str]
+    masks: torch.Tensor | None
+    object_masks: torch.Tensor | None = None
+    object_scores: torch.Tensor | None = None
+    cond_frame: int = 0

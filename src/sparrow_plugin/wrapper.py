@@ -1,11 +1,10 @@
 """SparrowWrapper: SPARROW around any host, as a LightningModule.
 
-It receives its parts (a host, or the name of a registered one) and owns what SPARROW
-adds: grounding tokens, LoRA, the L→V [SEG] adapter, the SAM2 decoder, the losses, the
-metrics and the choice of what trains. That choice is structural: the whole model is
-frozen, then exactly the parameters of LoRA layers, the host's V→L adapters, the new
-token rows, the [SEG] adapter (and SAM2's mask decoder, if asked) are unfrozen.
-Checkpoints hold only what trains; the frozen host is reloaded from its own release.
+It receives its parts (a host, or the name of a registered one) and keeps what is
+Lightning's: the loop, the optimiser groups, logging, metrics and the checkpoint policy.
+The model itself (host, LoRA, token rows, [SEG] adapter, SAM2, losses, inference) is a
+plain :class:`~sparrow_plugin.model.SparrowModel` at ``self.model``. Checkpoints hold only
+what trains; the frozen host is reloaded from its own release.
 """
 
 from __future__ import annotations
@@ -15,19 +14,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from peft import LoraConfig, inject_adapter_in_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from sparrow_plugin.config import PARAMETER_GROUPS, SparrowConfig
-from sparrow_plugin.decoder import SAM2VideoDecoder
+from sparrow_plugin.config import SparrowConfig
 from sparrow_plugin.errors import CheckpointError, ConfigError
-from sparrow_plugin.grounding import PromptProjection
-from sparrow_plugin.interfaces import HostAdapter, VideoBatch
-from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
+from sparrow_plugin.interfaces import HostAdapter, Prediction, VideoBatch
 from sparrow_plugin.metrics import MeViSMetric
+from sparrow_plugin.model import SparrowModel
 from sparrow_plugin.registry import get_host_factory
 
 __all__ = ["SparrowWrapper", "resolve_host"]
@@ -56,194 +50,126 @@ class SparrowWrapper(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(base, str) else ["base"])
-        self.config = SparrowConfig.from_dict(config) if isinstance(config, dict) else (config or SparrowConfig())
+        config = SparrowConfig.from_dict(config) if isinstance(config, dict) else (config or SparrowConfig())
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.host = resolve_host(base, host_args or {})
-
-        names = self.host.grounding_token_names
-        self.token_ids = self.host.add_tokens([names[role] for role in ("box", "seg", "tsf")])
-        self.seg_token_id = self.token_ids[names["seg"]]
-        self.decoder = SAM2VideoDecoder.from_spec(
-            self.host.decoder_spec(), mode=self.config.decoder.mode, cond_frame=self.config.decoder.cond_frame
-        )
-        self.decoder.sam.gate_masks_in_training = self.config.decoder.gate_masks_in_training
-        self.seg_adapter = self.host.seg_projection() or PromptProjection(
-            self.host.hidden_size, self.decoder.prompt_dim, num_tokens=self.config.decoder.prompt_tokens
-        )
-        self._inject_lora()
-        self.trainable_groups = self._select_trainable()
-        self.metrics = nn.ModuleDict({stage: MeViSMetric(self.config.kinds) for stage in ("val", "test")})
-        self.test_results: dict[str, float] = {}
+        self.model = SparrowModel(resolve_host(base, host_args or {}), config)
+        self.metrics = nn.ModuleDict({stage: MeViSMetric(config.kinds) for stage in ("val", "test")})
+        self.test_results: dict[str, Any] = {}
         self.strict_loading = False  # checkpoints hold only what trains; checked in on_load_checkpoint
 
-    # ------------------------------------------------------------------ assembly
+    @property
+    def config(self) -> SparrowConfig:
+        return self.model.config
 
-    def _inject_lora(self) -> None:
-        settings = self.config.lora
-        targets = list(settings.targets or self.host.default_lora_targets)
-        lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none")
-        try:
-            inject_adapter_in_model(lora, self.host.language_model)
-        except ValueError as error:
-            linear = sorted({n.rsplit(".", 1)[-1] for n, m in self.host.language_model.named_modules() if isinstance(m, nn.Linear)})
-            raise ConfigError(f"LoRA targets {targets} match no module of the host LLM; its linear layers: {linear}") from error
+    @property
+    def host(self) -> nn.Module:
+        return self.model.host
 
-    def _select_trainable(self) -> dict[str, list[nn.Parameter]]:
-        """Freeze everything, then unfreeze the plugin parts by structure."""
-        self.requires_grad_(False)
-        groups = {
-            "lora": [
-                p
-                for module in self.host.language_model.modules()
-                if isinstance(module, LoraLayer)
-                for adapter in (module.lora_A, module.lora_B)
-                for p in adapter.parameters()
-            ],
-            "adapters": [p for module in self.host.adapter_modules() for p in module.parameters()],
-            "tokens": list(self.host.new_token_parameters()),
-            "seg_adapter": list(self.seg_adapter.parameters()),
-            "mask_decoder": list(self.decoder.sam.sam_mask_decoder.parameters()) if self.config.decoder.train_mask_decoder else [],
-        }
-        assert set(groups) == set(PARAMETER_GROUPS)
-        for params in groups.values():
-            for p in params:
-                p.requires_grad_(True)
-        return groups
+    @property
+    def trainable_groups(self) -> dict[str, list[nn.Parameter]]:
+        return self.model.trainable_groups
+
+    # ------------------------------------------------------------------ data
+
+    def setup(self, stage: str) -> None:
+        """Tell the data which frames the host's LLM reads (they are sampled apart from
+        the decoder's); the DataModule builds its loaders after this hook."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "set_frame_request"):
+            datamodule.set_frame_request(self.host.frame_request())
 
     # ------------------------------------------------------------------ steps
 
     def training_step(self, batch: VideoBatch, batch_idx: int):
-        return self._shared_step(batch, "train")
+        losses = self.model.training_losses(batch)
+        self._log_losses("train", losses, len(batch))
+        return losses["loss"]
 
     def validation_step(self, batch: VideoBatch, batch_idx: int):
-        return self._shared_step(batch, "val")
+        if batch.has_targets:
+            self._log_losses("val", self.model.training_losses(batch), len(batch))
+        self._update_metric(self.metrics["val"], batch, self.model.predict(batch))
 
     def test_step(self, batch: VideoBatch, batch_idx: int):
-        return self._shared_step(batch, "test")
+        self._update_metric(self.metrics["test"], batch, self.model.predict(batch))
 
     def predict_step(self, batch: VideoBatch, batch_idx: int) -> list[dict]:
-        visual = self.host.encode_video(batch.frames)
-        masks, texts = self._predict_masks(batch, visual)
         return [
-            {"video": key[0], "exp_id": key[1], "frame_names": names, "masks": mask, "answer": text}
-            for key, names, mask, text in zip(batch.keys, batch.frame_names, masks, texts)
+            {
+                "video": key[0],
+                "exp_id": key[1],
+                "index": int(index),
+                "frame_names": names,
+                "masks": prediction.masks,
+                "object_masks": prediction.object_masks,
+                "answer": prediction.answer,
+                "truncated": prediction.truncated,
+                "cond_frame": prediction.cond_frame,
+            }
+            for key, index, names, prediction in zip(batch.keys, batch.indices.tolist(), batch.frame_names, self.model.predict(batch))
         ]
 
-    def _shared_step(self, batch: VideoBatch, stage: str):
-        visual = self.host.encode_video(batch.frames)
-        loss = None
-        if stage != "test" and batch.has_targets:
-            losses = self._losses(batch, visual)
-            loss = losses["loss"]
-            for name, value in losses.items():
-                self.log(
-                    f"{stage}/{name}",
-                    value,
-                    batch_size=len(batch),
-                    prog_bar=name == "loss",
-                    on_step=stage == "train",
-                    on_epoch=stage != "train",
-                )
-        if stage != "train":
-            masks, _ = self._predict_masks(batch, visual)
-            self._update_metric(self.metrics[stage], batch, masks)
-        return loss
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
+        for name, value in losses.items():
+            epoch_level = stage != "train"
+            self.log(
+                f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss", on_step=not epoch_level, on_epoch=epoch_level, sync_dist=epoch_level
+            )
 
-    def _losses(self, batch: VideoBatch, visual) -> dict[str, torch.Tensor]:
-        weights = self.config.loss
-        has_target = batch.masks.flatten(1).any(dim=1).tolist()
-        answers = [self._answer(t or self.config.no_target == "empty_mask") for t in has_target]
-        inputs = self.host.build_inputs(visual, batch.queries, answers)
-        output = self.host(inputs)
-        losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
-        states, rows = self._grounding_states(inputs.input_ids, output.grounding_states)
-        if rows.numel():
-            frames, cond = self._training_frames(batch.frames.shape[1], batch.frames.device)
-            decoded = self.decoder(batch.frames[:, frames], self.seg_adapter(states), clip_index=rows, cond_frame=cond)
-            targets = batch.masks[rows][:, frames]
-            losses["bce"] = mask_bce_loss(decoded.mask_logits, targets)
-            losses["dice"] = mask_dice_loss(decoded.mask_logits, targets)
-            if weights.presence > 0:
-                losses["presence"] = presence_loss(decoded.object_logits, targets)
-        total = sum(getattr(weights, name) * value for name, value in losses.items())
-        losses["loss"] = total
-        return losses
-
-    def _training_frames(self, num_frames: int, device) -> tuple[torch.Tensor, int | None]:
-        """Frames of a clip the decoder is trained on (all, unless ``train_frames``), and
-        the prompted frame's index among them (track mode)."""
-        settings = self.config.decoder
-        count = settings.train_frames
-        if count is None or count >= num_frames:
-            return torch.arange(num_frames, device=device), None
-        if settings.mode == "track":
-            cond = settings.cond_frame % num_frames
-            start = min(cond, num_frames - count)  # a window that contains the prompted frame
-            return torch.arange(start, start + count, device=device), cond - start
-        return torch.randperm(num_frames, device=device)[:count].sort().values, None
-
-    def _answer(self, has_target: bool) -> str:
-        if not has_target:
-            return self.host.no_target_answer
-        return self.host.answer_template.format(grounding=self.host.grounding_token_names["seg"])
-
-    @torch.no_grad()
-    def _predict_masks(self, batch: VideoBatch, visual) -> tuple[list[torch.Tensor | None], list[str]]:
-        """Generate answers, decode masks for the samples that emitted [SEG].
-
-        Returns per sample a bool (T, H, W) mask at the original size, or None when the
-        model emitted no [SEG], and the generated answers.
-        """
-        prompt = self.host.build_inputs(visual, batch.queries, None)
-        generation = self.host.generate(prompt, max_new_tokens=self.config.max_new_tokens)
-        output = self.host(generation.inputs)
-        states, rows = self._grounding_states(
-            generation.inputs.input_ids, output.grounding_states, start=generation.num_prompt_tokens
-        )
-        masks: list[torch.Tensor | None] = [None] * len(batch)
-        if rows.numel():
-            decoded = self.decoder(batch.frames, self.seg_adapter(states), clip_index=rows)
-            for logits, row in zip(decoded.mask_logits, rows.tolist()):
-                height, width = batch.original_sizes[row]
-                resized = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)
-                masks[row] = (resized[0] > 0).cpu()
-        return masks, generation.texts
-
-    def _grounding_states(self, input_ids: torch.Tensor, states: torch.Tensor, start: torch.Tensor | None = None):
-        """Hidden states of each row's first [SEG] (at the host's offset) and those rows."""
-        is_seg = input_ids == self.seg_token_id
-        if start is not None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-            is_seg &= positions[None] >= start.to(input_ids.device)[:, None]
-        rows = is_seg.any(dim=1).nonzero().flatten()
-        first = is_seg.float().argmax(dim=1)[rows]
-        positions = first + self.host.grounding_offset
-        if bool((positions < 0).any()):
-            raise ValueError("a [SEG] token at the start of a sequence has no predicting position")
-        return states[rows, positions], rows
-
-    def _update_metric(self, metric: MeViSMetric, batch: VideoBatch, masks: list[torch.Tensor | None]) -> None:
+    def _update_metric(self, metric: MeViSMetric, batch: VideoBatch, predictions: list[Prediction]) -> None:
         if batch.full_masks is None:
-            return  # a split without masks (MeViS valid): nothing to score locally
-        for mask, gt, kind in zip(masks, batch.full_masks, batch.kinds):
-            emitted = mask is not None
-            prediction = mask if emitted else torch.zeros_like(gt, dtype=torch.bool)
-            metric.update(prediction, gt.bool(), kind=kind, emitted_seg=emitted)
+            return  # a split without masks: validation has nothing to score (test refuses it)
+        for prediction, gt, kind, index in zip(predictions, batch.full_masks, batch.kinds, batch.indices.tolist()):
+            emitted = prediction.masks is not None
+            mask = prediction.masks if emitted else torch.zeros_like(gt, dtype=torch.bool)
+            metric.update(mask, gt.bool(), kind=kind, emitted_seg=emitted, sample_index=index, truncated=prediction.truncated)
+
+    # ------------------------------------------------------------------ metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self.metrics["val"].expected_samples = self._expected_samples(self.trainer.val_dataloaders, self.trainer.limit_val_batches)
+
+    def on_test_epoch_start(self) -> None:
+        self.metrics["test"].expected_samples = self._expected_samples(self.trainer.test_dataloaders, self.trainer.limit_test_batches)
 
     def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.metrics["val"].reset()  # a few batches to catch bugs, not a result
+            return
         self._log_metric("val")
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metric("test")
+        results: dict[str, Any] = self._log_metric("test")
+        deviations = self._protocol_deviations()
+        if deviations:
+            results["protocol_deviations"] = deviations
+        self.test_results = results
 
-    def _log_metric(self, stage: str) -> dict[str, float]:
+    def _log_metric(self, stage: str) -> dict[str, Any]:
         metric = self.metrics[stage]
         results = metric.compute()
         metric.reset()
         for name, value in results.items():
             if name.rsplit("/", 1)[-1] in ("J", "F", "J&F"):  # counts go to the results file
-                self.log(f"{stage}/{name}", float(value), prog_bar=name == "J&F")
+                # the same value on every rank (the metric gathered them): syncing is a no-op
+                self.log(f"{stage}/{name}", float(value), prog_bar=name == "J&F", sync_dist=True)
         return results
+
+    @staticmethod
+    def _expected_samples(loaders, limit) -> int | None:
+        """How many samples an epoch must score: the whole dataset, unless Lightning was
+        told to run only part of it (``limit_*_batches``, ``fast_dev_run``)."""
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None or not _whole_split(limit) or not hasattr(loader, "dataset"):
+            return None
+        return len(loader.dataset)
+
+    def _protocol_deviations(self) -> list[str]:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        deviations = list(datamodule.protocol_deviations()) if hasattr(datamodule, "protocol_deviations") else []
+        if not _whole_split(self.trainer.limit_test_batches):
+            deviations.append(f"limit_test_batches={self.trainer.limit_test_batches}: part of the split is scored")
+        return deviations
 
     # ------------------------------------------------------------------ optimisation
 
@@ -273,7 +199,7 @@ class SparrowWrapper(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keys = self._checkpoint_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint["sparrow"] = {"host": type(self.host).__qualname__, "token_ids": self.token_ids, "stage": self.config.stage}
+        checkpoint["sparrow"] = {"host": type(self.host).__qualname__, "token_ids": self.model.token_ids, "stage": self.config.stage}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
@@ -281,10 +207,15 @@ class SparrowWrapper(L.LightningModule):
         unexpected = sorted(set(state) - set(self.state_dict()))
         missing = sorted(expected - set(state))
         meta = checkpoint.get("sparrow", {})
-        if meta.get("token_ids") not in (None, self.token_ids):
-            raise CheckpointError(None, f"checkpoint was trained with token ids {meta['token_ids']}, this host has {self.token_ids}")
+        if meta.get("token_ids") not in (None, self.model.token_ids):
+            raise CheckpointError(None, f"checkpoint was trained with token ids {meta['token_ids']}, this host has {self.model.token_ids}")
         if missing or unexpected:
             raise CheckpointError(None, "checkpoint does not match this SPARROW model", missing, unexpected)
+
+
+def _whole_split(limit: int | float) -> bool:
+    """Lightning's ``limit_*_batches``: the float 1.0 runs every batch, the int 1 one batch."""
+    return isinstance(limit, float) and limit == 1.0
 
 
 def resolve_host(base: str | type | nn.Module, host_args: Mapping[str, Any]) -> nn.Module:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.errors import DatasetError
+from sparrow_plugin.interfaces import FrameRequest
 
 __all__ = ["ReferringVideoDataModule"]
 
@@ -22,8 +26,11 @@ class ReferringVideoDataModule(L.LightningDataModule):
         predict_split: split ``sparrow predict`` runs on (default: the test split; MeViS
             ``valid`` has no masks and is scored by the benchmark server).
         image_size: frames are resized to this square size (the decoder's input).
-        train_frames: frames per training sample (random sorted subset); None = all.
-        eval_frames: frames per evaluation sample; None = all (the benchmark protocol).
+        train_frames: decoder frames per training sample (a random sorted subset holding
+            a frame where the target is visible); None = all. The host's LLM frames are
+            sampled apart, by its own rule (``set_frame_request``, which the model calls).
+        eval_frames: frames per evaluation sample; None = all (the benchmark protocol;
+            anything else is reported as a deviation from it).
         batch_size, eval_batch_size: samples per batch.
         num_workers: DataLoader workers.
         val_limit: use only the first N validation samples (quick checks); None = all.
@@ -47,40 +54,66 @@ class ReferringVideoDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
-        self._datasets: dict[str, MeViSDataset] = {}
+        self.frame_request: FrameRequest | None = None
+        self._datasets: dict[tuple[str, str], MeViSDataset] = {}
 
-    def dataset(self, split: str, training: bool) -> MeViSDataset:
-        if split not in self._datasets:
+    def set_frame_request(self, request: FrameRequest | None) -> None:
+        """Read the host's LLM frames with every sample (see ``FrameRequest``)."""
+        if request != self.frame_request:
+            self.frame_request = request
+            self._datasets.clear()
+
+    def dataset(self, split: str, role: Literal["train", "eval"]) -> MeViSDataset:
+        """A split read for training (augmented sampling) or evaluation; cached per (split,
+        role), so a validation split equal to the training split is read as evaluation."""
+        if (split, role) not in self._datasets:
             hp = self.hparams
-            self._datasets[split] = MeViSDataset(
+            self._datasets[split, role] = MeViSDataset(
                 self.root,
                 split,
                 image_size=hp.image_size,
-                num_frames=hp.train_frames if training else hp.eval_frames,
-                random_frames=training,
+                num_frames=hp.train_frames if role == "train" else hp.eval_frames,
+                random_frames=role == "train",
+                frame_request=self.frame_request,
             )
-        return self._datasets[split]
+        return self._datasets[split, role]
+
+    def protocol_deviations(self) -> list[str]:
+        """How evaluation here differs from the benchmark's protocol (empty: it does not)."""
+        eval_frames = self.hparams.eval_frames
+        return [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
 
     def kinds(self) -> list[str]:
         """Expression kinds of the evaluation splits (for per-kind reporting)."""
         splits = {self.hparams.val_split, self.hparams.test_split}
-        return sorted({k for split in splits if (self.root / split).is_dir() for k in self.dataset(split, False).kinds()})
+        return sorted({k for split in splits if (self.root / split).is_dir() for k in self.dataset(split, "eval").kinds()})
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.hparams.train_split, True), self.hparams.batch_size, shuffle=True)
+        return self._loader(self.dataset(self.hparams.train_split, "train"), self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = self.dataset(self.hparams.val_split, False)
+        dataset = self.dataset(self.hparams.val_split, "eval")
         if self.hparams.val_limit is not None:
             dataset = Subset(dataset, range(min(self.hparams.val_limit, len(dataset))))
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.hparams.test_split, False), self.hparams.eval_batch_size, shuffle=False)
+        dataset = self.dataset(self.hparams.test_split, "eval")
+        if not dataset.has_masks:
+            raise DatasetError(
+                dataset.mask_path,
+                f"split {self.hparams.test_split!r} has no masks, so `sparrow test` cannot score it; "
+                "write its submission with `sparrow predict` (MeViS valid is scored by the benchmark server)",
+            )
+        for deviation in self.protocol_deviations():
+            warnings.warn(f"test results are not the benchmark's protocol: {deviation}")
+        return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         split = self.hparams.predict_split or self.hparams.test_split
-        return self._loader(self.dataset(split, False), self.hparams.eval_batch_size, shuffle=False)
+        for deviation in self.protocol_deviations():
+            warnings.warn(f"predictions are no benchmark submission: {deviation}")
+        return self._loader(self.dataset(split, "eval"), self.hparams.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(

@@ -26,10 +26,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
+from torchvision.ops import masks_to_boxes
 
 from sparrow_plugin.errors import DatasetError
+from sparrow_plugin.frames import resize_frames
+from sparrow_plugin.interfaces import FrameRequest
 
-__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "read_json"]
+__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json"]
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,26 @@ class MeViSDataset(Dataset):
         image_size: frames are resized to ``image_size`` x ``image_size`` (the decoder's
             input; SAM2 also stretches frames to a square).
         num_frames: frames per sample; None reads every frame of the video (evaluation).
-        random_frames: pick a random sorted subset of ``num_frames`` frames (training)
-            instead of evenly spaced ones.
+        random_frames: training sampling: a frame where the target is visible is drawn at
+            random (the frame SAM2 is prompted on), and the sample is a random sorted
+            subset of ``num_frames`` frames that holds it; otherwise evenly spaced frames.
+        frame_request: the host's :class:`~sparrow_plugin.interfaces.FrameRequest`; its
+            frames are read from the whole clip, apart from the decoder's, and returned as
+            ``llm_frames``. None: no host frames.
 
     Each item is a dict:
         ``frames`` float32 (T, 3, S, S) in [0, 1]; ``masks`` bool (T, S, S), the union of
         the referred objects resized to S (None without mask_dict); ``object_masks`` bool
         (K, T, S, S), one per referred object (None without mask_dict); ``full_masks``
         bool (T, H, W), the union at the original size (None without mask_dict);
-        ``frame_indices`` long (T,); ``query`` str; ``kind`` str; ``video``, ``exp_id``
-        str; ``obj_ids`` list[int]; ``frame_names`` list[str]; ``original_size`` (H, W).
+        ``object_boxes`` float (K, T, 4) normalised xyxy and ``object_visible`` bool
+        (K, T) (None without mask_dict); ``has_target`` bool, an object is visible
+        somewhere in the whole video (None without mask_dict); ``cond_frame`` int, the
+        position in ``frames`` of the frame SAM2 is prompted on in training;
+        ``frame_indices`` long (T,); ``llm_frames`` float32 (T_h, 3, h, w) and
+        ``llm_frame_indices`` long (T_h,), or None; ``index`` int, the sample's index;
+        ``query`` str; ``kind`` str; ``video``, ``exp_id`` str; ``obj_ids`` list[int];
+        ``frame_names`` list[str]; ``original_size`` (H, W).
     """
 
     def __init__(
@@ -87,10 +100,14 @@ class MeViSDataset(Dataset):
         image_size: int = 1024,
         num_frames: int | None = None,
         random_frames: bool = False,
+        frame_request: FrameRequest | None = None,
     ):
         self.root, self.split = Path(root), split
         self.split_dir = self.root / split
         self.image_size, self.num_frames, self.random_frames = image_size, num_frames, random_frames
+        self.frame_request = frame_request
+        self._rng: np.random.Generator | None = None
+        self._visible_cache: dict[int, np.ndarray] = {}
         self.meta_path = self.split_dir / "meta_expressions.json"
         self.mask_path = self.split_dir / "mask_dict.json"
         if not self.split_dir.is_dir():
@@ -109,19 +126,31 @@ class MeViSDataset(Dataset):
         return len(self.expressions)
 
     def __getitem__(self, index: int) -> dict:
-        return self._load(self.expressions[index])
+        return self._load(self.expressions[index], index)
 
-    def _load(self, expression: ReferringExpression) -> dict:
-        frame_indices = self._choose_frames(len(expression.frames))
+    def _load(self, expression: ReferringExpression, index: int) -> dict:
+        total = len(expression.frames)
+        visible = self.visible_frames(expression) if self.mask_dict is not None else None
+        frame_indices, cond_frame = self._choose_frames(total, visible)
+        llm_indices = self.frame_request.sample(total) if self.frame_request is not None else []
+        # every frame read once, whether the decoder, the host or both use it
+        pixels = {i: self.read_frame(expression.video, expression.frames[i]) for i in sorted({*frame_indices, *llm_indices})}
         frame_names = [expression.frames[i] for i in frame_indices]
-        frames = np.stack([self.read_frame(expression.video, name) for name in frame_names])
+        frames = np.stack([pixels[i] for i in frame_indices])
         height, width = frames.shape[1:3]
         item = {
             "frames": self.resize_frames(frames),
             "masks": None,
             "object_masks": None,
             "full_masks": None,
+            "object_boxes": None,
+            "object_visible": None,
+            "has_target": None if visible is None else bool(visible.any()),
+            "cond_frame": cond_frame,
+            "index": index,
             "frame_indices": torch.as_tensor(frame_indices, dtype=torch.long),
+            "llm_frames": None,
+            "llm_frame_indices": None,
             "query": expression.text,
             "kind": expression.kind,
             "video": expression.video,
@@ -130,8 +159,15 @@ class MeViSDataset(Dataset):
             "frame_names": frame_names,
             "original_size": (height, width),
         }
+        if self.frame_request is not None:
+            request = self.frame_request
+            host_frames = self.to_tensor(np.stack([pixels[i] for i in llm_indices]))
+            item["llm_frames"] = resize_frames(host_frames, request.size(height, width), request.interpolation)
+            item["llm_frame_indices"] = torch.as_tensor(llm_indices, dtype=torch.long)
         if self.mask_dict is not None:
             objects = self._object_masks(expression, frame_indices, frame_names, (height, width))
+            item["object_visible"] = objects.flatten(2).any(dim=-1)
+            item["object_boxes"] = normalised_boxes(objects)
             item["full_masks"] = objects.any(dim=0)
             size = (self.image_size,) * 2
             resized = F.interpolate(objects.flatten(0, 1)[:, None].float(), size=size, mode="nearest")[:, 0] > 0.5
@@ -188,12 +224,43 @@ class MeViSDataset(Dataset):
     def _frame_path(self, video: str, name: str) -> Path:
         return self.split_dir / "JPEGImages" / video / f"{name}.jpg"
 
-    def _choose_frames(self, total: int) -> list[int]:
-        if self.num_frames is None or self.num_frames >= total:
-            return list(range(total))
+    def _choose_frames(self, total: int, visible: np.ndarray | None) -> tuple[list[int], int]:
+        """The decoder's frames of a clip and the position among them of the frame SAM2 is
+        prompted on in training: drawn among the frames where the target is visible (any
+        frame when it is visible nowhere); 0 at evaluation, whose prompting the model decides."""
+        cond = None
         if self.random_frames:
-            return sorted(torch.randperm(total)[: self.num_frames].tolist())
-        return np.linspace(0, total - 1, self.num_frames).round().astype(int).tolist()
+            candidates = np.flatnonzero(visible) if visible is not None and visible.any() else np.arange(total)
+            cond = int(self.rng.choice(candidates))
+        if self.num_frames is None or self.num_frames >= total:
+            indices = list(range(total))
+        elif self.random_frames:
+            others = torch.randperm(total - 1)[: self.num_frames - 1]
+            indices = sorted([cond, *(others + (others >= cond).long()).tolist()])
+        else:
+            indices = np.linspace(0, total - 1, self.num_frames).round().astype(int).tolist()
+        return indices, (0 if cond is None else indices.index(cond))
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """This process's generator for the prompted frame: seeded from torch's seed (which
+        Lightning's ``seed_everything`` sets, and DataLoader sets per worker), apart from
+        torch's stream so drawing it changes no other random choice."""
+        if self._rng is None:
+            self._rng = np.random.default_rng(torch.initial_seed())
+        return self._rng
+
+    def visible_frames(self, expression: ReferringExpression) -> np.ndarray:
+        """(total,) bool: frames of the whole video where a referred object has a non-empty
+        mask (read off the RLEs, nothing decoded)."""
+        visible = np.zeros(len(expression.frames), dtype=bool)
+        for anno_id in expression.anno_ids:
+            if anno_id not in self._visible_cache:
+                self._visible_cache[anno_id] = np.array(
+                    [rle is not None and self._rle_area(rle, anno_id, name) > 0 for rle, name in zip(self.mask_dict[str(anno_id)], expression.frames)]
+                )
+            visible |= self._visible_cache[anno_id]
+        return visible
 
     def read_frame(self, video: str, name: str) -> np.ndarray:
         """One frame as (H, W, 3) uint8; a file that does not decode raises DatasetError."""
@@ -206,13 +273,14 @@ class MeViSDataset(Dataset):
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise DatasetError(path, f"corrupt JPEG, cannot decode it ({error})") from None
 
+    @staticmethod
+    def to_tensor(frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 -> (T, 3, H, W) float in [0, 1]."""
+        return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
+
     def resize_frames(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 -> (T, 3, S, S) float in [0, 1]."""
-        tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
-        size = (self.image_size, self.image_size)
-        if tensor.shape[-2:] == size:
-            return tensor
-        return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
+        """(T, H, W, 3) uint8 -> (T, 3, S, S) float in [0, 1], the decoder's size."""
+        return resize_frames(self.to_tensor(frames), (self.image_size, self.image_size))
 
     def _object_masks(self, expression, frame_indices, frame_names, size) -> torch.Tensor:
         """(K, T, H, W) masks of the K referred objects (K = 0 for a no-target expression)."""
@@ -228,18 +296,32 @@ class MeViSDataset(Dataset):
     def decode_rle(self, rle, anno_id: int, frame_name: str, size) -> np.ndarray:
         """A mask_dict entry as (H, W) bool, checked against the frame size."""
         where = f"anno_id {anno_id}, frame {frame_name!r}"
-        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-            raise DatasetError(self.mask_path, f"{where}: expected a COCO RLE {{'size': [H, W], 'counts': ...}} or null")
+        rle = self._checked_rle(rle, where)
         if list(rle["size"]) != list(size):
             raise DatasetError(
                 self.mask_path, f"{where}: RLE size {list(rle['size'])} disagrees with the frame size {list(size)}"
             )
-        counts = rle["counts"]
         try:
-            decoded = mask_utils.decode({"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts})
+            decoded = mask_utils.decode(rle)
         except Exception as error:  # pycocotools raises bare exceptions for malformed counts
             raise DatasetError(self.mask_path, f"{where}: RLE does not decode ({error})") from None
         return decoded.astype(bool)
+
+    def _rle_area(self, rle, anno_id: int, frame_name: str) -> int:
+        where = f"anno_id {anno_id}, frame {frame_name!r}"
+        try:
+            return int(mask_utils.area(self._checked_rle(rle, where)))
+        except DatasetError:
+            raise
+        except Exception as error:  # pycocotools raises bare exceptions for malformed counts
+            raise DatasetError(self.mask_path, f"{where}: RLE does not decode ({error})") from None
+
+    def _checked_rle(self, rle, where: str) -> dict:
+        """A mask_dict entry as pycocotools reads it (byte counts)."""
+        if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
+            raise DatasetError(self.mask_path, f"{where}: expected a COCO RLE {{'size': [H, W], 'counts': ...}} or null")
+        counts = rle["counts"]
+        return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 class MeViSObjectDataset(MeViSDataset):
@@ -267,7 +349,20 @@ class MeViSObjectDataset(MeViSDataset):
         return len(self.objects)
 
     def __getitem__(self, index: int) -> dict:
-        return self._load(self.objects[index])
+        return self._load(self.objects[index], index)
+
+
+def normalised_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(K, T, H, W) bool masks -> (K, T, 4) float xyxy boxes in [0, 1] (pixel edges, so a
+    full-frame mask is (0, 0, 1, 1)); zeros where a mask is empty."""
+    height, width = masks.shape[-2:]
+    flat = masks.flatten(0, 1)
+    boxes = torch.zeros(flat.shape[0], 4)
+    present = flat.flatten(1).any(dim=1)
+    if present.any():
+        corners = masks_to_boxes(flat[present]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+        boxes[present] = corners / torch.tensor([width, height, width, height], dtype=torch.float32)
+    return boxes.view(*masks.shape[:2], 4)
 
 
 def _int_list(value) -> tuple[int, ...] | None:

@@ -26,9 +26,7 @@ class PromptableSAM2(SAM2Base):
 
     def __init__(self, *args, gate_masks_in_training: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        # SAM2 replaces the masks of objects it scores as absent with a constant, which
-        # also cuts their gradient; UniPixel applies that gate at inference only, so a
-        # freshly initialised prompt still learns where the object is.
+        # see _forward_sam_heads; the model sets it from the host's DecoderSpec or the recipe
         self.gate_masks_in_training = gate_masks_in_training
         self._prompt_tokens: torch.Tensor | None = None
         self._prompt_layout: str = "tokens_only"
@@ -82,31 +80,51 @@ class PromptableSAM2(SAM2Base):
             return self._prompt_multimask
         return super()._use_multimask(is_init_cond_frame, point_inputs)
 
+    def _forward_sam_heads(self, *args, **kwargs):
+        """SAM2's heads; in ungated training, the masks alone skip SAM2's "absent" gate.
+
+        SAM2 replaces the masks of an object it scores absent with a constant, which cuts
+        their gradient. Ungated (``gate_masks_in_training`` False, in training), the masks
+        are computed as if the object were present, while the object pointer and the
+        memory (which reads the returned score) still see SAM2's own presence score: the
+        memory meets "absent" in training as it does at inference. This is UniPixel's
+        training rule.
+        """
+        if not (self.training and not self.gate_masks_in_training and self.pred_obj_scores):
+            return super()._forward_sam_heads(*args, **kwargs)
+        scores = {}
+
+        def present_to_the_gate(module, inputs, output):
+            scores["logits"] = output[3]
+            return (*output[:3], torch.full_like(output[3], 10.0))
+
+        handle = self.sam_mask_decoder.register_forward_hook(present_to_the_gate)
+        try:
+            *masks, obj_ptr, _ = super()._forward_sam_heads(*args, **kwargs)
+        finally:
+            handle.remove()
+        # the pointer was blended for "present" (weight 1 on the token's pointer): blend it
+        # again with the real score, as SAM2 does
+        logits = scores["logits"]
+        appearing = logits.sigmoid() if self.soft_no_obj_ptr else (logits > 0).to(obj_ptr.dtype)
+        if self.fixed_no_obj_ptr:
+            obj_ptr = appearing * obj_ptr
+        obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
+        return (*masks, obj_ptr, logits)
+
     def track_step(self, *args, **kwargs):
         """SAM2's tracking step; also keeps ``object_score_logits`` while training.
 
         SAM2Base drops them in training mode, but SPARROW supervises object presence
-        (no-target queries, occluded frames), so they are returned in both modes. With
-        ``gate_masks_in_training`` False, training masks are never replaced by SAM2's
-        "absent" constant (the scores themselves are returned unchanged).
+        (no-target queries, occluded frames), so they are returned in both modes.
         """
-        was_training = self.training
-        ungated = was_training and not self.gate_masks_in_training
         scores = {}
-
-        def keep_scores(module, inputs, output):
-            scores["logits"] = output[3]
-            if ungated:  # SAM2 gates on logits > 0: report "present" to its gate only
-                return (*output[:3], torch.full_like(output[3], 10.0))
-            return output
-
-        handle = self.sam_mask_decoder.register_forward_hook(keep_scores)
+        handle = self.sam_mask_decoder.register_forward_hook(lambda module, inputs, output: scores.update(logits=output[3]))
         try:
             out = super().track_step(*args, **kwargs)
         finally:
             handle.remove()
-        if was_training and "object_score_logits" not in out:
-            out["object_score_logits"] = scores["logits"]
+        out.setdefault("object_score_logits", scores["logits"])
         return out
 
     def encode_frames(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int]]]:

@@ -12,7 +12,7 @@ from torch import nn
 from sparrow_plugin.decoder.build import build_sam2
 from sparrow_plugin.decoder.promptable_sam2 import PromptableSAM2
 from sparrow_plugin.errors import ConfigError
-from sparrow_plugin.interfaces import DecoderOutput, DecoderSpec
+from sparrow_plugin.interfaces import DecoderOutput, DecoderSpec, ImageFeatures
 
 __all__ = ["SAM2VideoDecoder"]
 
@@ -23,6 +23,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class SAM2VideoDecoder(nn.Module):
     """Masks for prompted objects over whole clips.
 
+    Encoding and decoding are apart: :meth:`encode` computes SAM2's image features once
+    per frame (only the frames asked for), :meth:`decode` prompts objects on them.
     ``mode="track"`` (default) prompts the conditioning frame with the grounding tokens
     (and boxes, if any) and lets SAM2's memory carry the object through the other frames,
     forward and then backward from the conditioning frame, exactly as SAM2's own tracking
@@ -34,8 +36,8 @@ class SAM2VideoDecoder(nn.Module):
         prompt_layout, multimask: how grounding tokens prompt SAM2 (see
             :class:`~sparrow_plugin.interfaces.DecoderSpec`).
         mode: ``track`` or ``per_frame``.
-        cond_frame: index of the prompted frame in ``track`` mode (negative counts from
-            the end).
+        cond_frame: index of the prompted frame in ``track`` mode when a call names none
+            (negative counts from the end).
     """
 
     def __init__(
@@ -75,12 +77,47 @@ class SAM2VideoDecoder(nn.Module):
         clip_index: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cond_frame: int | None = None,
+        cond_frame: int | torch.Tensor | None = None,
     ) -> DecoderOutput:
-        """Segment N prompted objects in B clips.
+        """Encode the prompted clips' frames, then :meth:`decode` every frame of them.
 
         Args:
             frames: (B, T, 3, H, W) float RGB in [0, 1]; resized to ``image_size`` if needed.
+            prompt_tokens, clip_index, boxes, points, cond_frame: see :meth:`decode`.
+        """
+        num_objects = _count_objects(prompt_tokens, boxes, points)
+        clip_index = _default_clip_index(clip_index, num_objects, frames.shape[0], frames.device)
+        wanted = torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        wanted[clip_index] = True
+        features = self.encode(frames, wanted)
+        return self.decode(features, prompt_tokens, clip_index, boxes=boxes, points=points, cond_frame=cond_frame)
+
+    def encode(self, frames: torch.Tensor, wanted: torch.Tensor | None = None) -> ImageFeatures:
+        """SAM2 image features of the frames ``wanted`` (B, T) bool (default: all), once each.
+
+        Args:
+            frames: (B, T, 3, H, W) float RGB in [0, 1].
+        """
+        wanted = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device) if wanted is None else wanted
+        rows = torch.full(frames.shape[:2], -1, dtype=torch.long, device=frames.device)
+        rows[wanted] = torch.arange(int(wanted.sum()), device=frames.device)
+        levels, positions, sizes = self.sam.encode_frames(self._normalise(frames[wanted]))
+        return ImageFeatures(levels=levels, positions=positions, sizes=sizes, rows=rows)
+
+    def decode(
+        self,
+        features: ImageFeatures,
+        prompt_tokens: torch.Tensor | None,
+        clip_index: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cond_frame: int | torch.Tensor | None = None,
+        frame_ids: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """Segment N prompted objects on encoded frames.
+
+        Args:
+            features: from :meth:`encode`; every decoded frame must be encoded.
             prompt_tokens: (N, P, C) grounding embeddings in SAM2's prompt space, or None
                 for a prompt of boxes/points only.
             clip_index: (N,) long, the clip of each object (default: object n in clip n).
@@ -88,44 +125,65 @@ class SAM2VideoDecoder(nn.Module):
                 given to the prompted frame as SAM2 box prompts.
             points: optional ((N, P, 2) xy pixels, (N, P) int labels: 1 positive,
                 0 negative), SAM2 point prompts for the prompted frame.
-            cond_frame: the prompted frame for this call (default: ``self.cond_frame``).
+            cond_frame: the prompted frame in ``track`` mode, an int for all objects or
+                (N,) long per object, as a position in ``frame_ids`` (default:
+                ``self.cond_frame``).
+            frame_ids: (N, W) long, the clip frames to decode per object, in order
+                (default: every frame of the clip).
         Returns:
-            :class:`DecoderOutput` with (N, T, S, S) mask logits and (N, T) object logits.
+            :class:`DecoderOutput` with (N, W, S, S) mask logits and (N, W) object logits.
         """
-        num_clips, num_frames = frames.shape[:2]
         point_inputs = _point_inputs(boxes, points)
-        if prompt_tokens is None and point_inputs is None:
-            raise ValueError("nothing to prompt SAM2 with: give prompt tokens, boxes or points")
-        num_objects = (prompt_tokens if prompt_tokens is not None else point_inputs["point_labels"]).shape[0]
-        if clip_index is None:
-            if num_objects != num_clips:
-                raise ValueError(f"{num_objects} prompts for {num_clips} clips: pass clip_index")
-            clip_index = torch.arange(num_clips, device=frames.device)
-        features, positions, sizes = self.sam.encode_frames(self._normalise(frames.flatten(0, 1)))
+        num_objects = _count_objects(prompt_tokens, boxes, points)
+        num_clips, num_frames = features.rows.shape
+        clip_index = _default_clip_index(clip_index, num_objects, num_clips, features.rows.device)
+        if frame_ids is None:
+            frame_ids = torch.arange(num_frames, device=clip_index.device).expand(num_objects, -1)
+        rows = features.rows[clip_index[:, None], frame_ids]  # (N, W)
+        if bool((rows < 0).any()):
+            raise ValueError("decode() was asked for frames that encode() did not compute")
         if self.mode == "per_frame":
-            return self._decode_per_frame(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames)
-        cond = (self.cond_frame if cond_frame is None else cond_frame) % num_frames
-        return self._track(features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames, cond)
+            return self._decode_per_frame(features, rows, prompt_tokens, point_inputs)
+        window = rows.shape[1]
+        cond = self.cond_frame if cond_frame is None else cond_frame
+        cond = torch.as_tensor(cond, device=rows.device).expand(num_objects) % window
+        # objects prompted on the same frame of the same window track together
+        groups: dict[tuple, list[int]] = {}
+        for n, key in enumerate(zip(cond.tolist(), map(tuple, frame_ids.tolist()))):
+            groups.setdefault(key, []).append(n)
+        masks = scores = None
+        for (group_cond, _), members in groups.items():
+            members = torch.tensor(members, device=rows.device)
+            tokens = prompt_tokens[members] if prompt_tokens is not None else None
+            inputs = {k: v[members] for k, v in point_inputs.items()} if point_inputs is not None else None
+            out = self._track(features, rows[members], tokens, inputs, group_cond)
+            if masks is None:
+                masks = out.mask_logits.new_zeros(num_objects, *out.mask_logits.shape[1:])
+                scores = out.object_logits.new_zeros(num_objects, window)
+            masks = masks.index_copy(0, members, out.mask_logits)
+            scores = scores.index_copy(0, members, out.object_logits)
+        return DecoderOutput(mask_logits=masks, object_logits=scores)
 
     def _prompting(self, tokens: torch.Tensor | None):
         if tokens is None:
             return nullcontext()
         return self.sam.prompt_tokens(tokens, self.prompt_layout, self.multimask)
 
-    def _track(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames, cond) -> DecoderOutput:
+    def _track(self, features: ImageFeatures, rows, prompt_tokens, point_inputs, cond: int) -> DecoderOutput:
+        """Objects whose windows (rows (N, W) of ``features``) and prompted frame agree."""
+        num_frames = rows.shape[1]
         order = list(range(cond, num_frames)) + list(range(cond - 1, -1, -1))
         output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         masks, scores = [None] * num_frames, [None] * num_frames
         for t in order:
-            rows = clip_index * num_frames + t
             is_cond = t == cond
             with self._prompting(prompt_tokens if is_cond else None):
                 out = self.sam.track_step(
                     frame_idx=t,
                     is_init_cond_frame=is_cond,
-                    current_vision_feats=[f[:, rows] for f in features],
-                    current_vision_pos_embeds=[p[:, rows] for p in positions],
-                    feat_sizes=sizes,
+                    current_vision_feats=[f[:, rows[:, t]] for f in features.levels],
+                    current_vision_pos_embeds=[p[:, rows[:, t]] for p in features.positions],
+                    feat_sizes=features.sizes,
                     point_inputs=point_inputs if is_cond else None,
                     mask_inputs=None,
                     output_dict=output_dict,
@@ -136,19 +194,19 @@ class SAM2VideoDecoder(nn.Module):
             masks[t], scores[t] = out["pred_masks_high_res"][:, 0], out["object_score_logits"][:, 0]
         return DecoderOutput(mask_logits=torch.stack(masks, dim=1), object_logits=torch.stack(scores, dim=1))
 
-    def _decode_per_frame(self, features, positions, sizes, prompt_tokens, clip_index, point_inputs, num_frames):
-        num_objects = clip_index.shape[0]
-        rows = (clip_index[:, None] * num_frames + torch.arange(num_frames, device=clip_index.device)).flatten()
+    def _decode_per_frame(self, features: ImageFeatures, rows, prompt_tokens, point_inputs) -> DecoderOutput:
+        num_objects, num_frames = rows.shape
         tokens = prompt_tokens.repeat_interleave(num_frames, dim=0) if prompt_tokens is not None else None
         if point_inputs is not None:
             point_inputs = {k: v.repeat_interleave(num_frames, dim=0) for k, v in point_inputs.items()}
+        flat = rows.flatten()
         with self._prompting(tokens):
             out = self.sam.track_step(
                 frame_idx=0,
                 is_init_cond_frame=True,
-                current_vision_feats=[f[:, rows] for f in features],
-                current_vision_pos_embeds=[p[:, rows] for p in positions],
-                feat_sizes=sizes,
+                current_vision_feats=[f[:, flat] for f in features.levels],
+                current_vision_pos_embeds=[p[:, flat] for p in features.positions],
+                feat_sizes=features.sizes,
                 point_inputs=point_inputs,
                 mask_inputs=None,
                 output_dict={"cond_frame_outputs": {}, "non_cond_frame_outputs": {}},
@@ -166,6 +224,24 @@ class SAM2VideoDecoder(nn.Module):
         if images.shape[-2:] != size:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         return (images - self.pixel_mean) / self.pixel_std
+
+
+def _count_objects(prompt_tokens, boxes, points) -> int:
+    if prompt_tokens is not None:
+        return prompt_tokens.shape[0]
+    if boxes is not None:
+        return boxes.shape[0]
+    if points is not None:
+        return points[1].shape[0]
+    raise ValueError("nothing to prompt SAM2 with: give prompt tokens, boxes or points")
+
+
+def _default_clip_index(clip_index, num_objects: int, num_clips: int, device) -> torch.Tensor:
+    if clip_index is not None:
+        return clip_index
+    if num_objects != num_clips:
+        raise ValueError(f"{num_objects} prompts for {num_clips} clips: pass clip_index")
+    return torch.arange(num_clips, device=device)
 
 
 def _point_inputs(boxes, points) -> dict[str, torch.Tensor] | None:

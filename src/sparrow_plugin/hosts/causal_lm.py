@@ -15,10 +15,20 @@ import torch
 from torch import nn
 
 from sparrow_plugin.hosts.added_tokens import add_tokens_to_llm, added_token_parameters
-from sparrow_plugin.hosts.generation import greedy_generate
-from sparrow_plugin.interfaces import GROUNDING_TOKENS, EmbedEdit, Generation, HostInputs, HostOutput, VisualFeatures
+from sparrow_plugin.hosts.generation import GreedyResult, greedy_generate
+from sparrow_plugin.interfaces import GROUNDING_TOKENS, EmbedEdit, FrameRequest, Generation, HostInputs, HostOutput, VisualFeatures
 
-__all__ = ["CausalLMHost", "assemble_inputs", "finish_generation", "pad_rows", "splice", "positions_from_mask", "tsf_placeholders"]
+__all__ = [
+    "CausalLMHost",
+    "assemble_inputs",
+    "finish_generation",
+    "pad_rows",
+    "splice",
+    "positions_from_mask",
+    "tsf_placeholders",
+    "clip_frame_indices",
+    "requested_frames",
+]
 
 
 class CausalLMHost(nn.Module):
@@ -64,8 +74,8 @@ class CausalLMHost(nn.Module):
         return HostOutput(logits=out.logits, grounding_states=out.hidden_states[-1])
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
-        new_ids, new_mask = greedy_generate(
-            self.llm,
+        result = greedy_generate(
+            self._lm_step,
             inputs_embeds=self.embed(inputs.input_ids, inputs.visual, edits),
             attention_mask=inputs.attention_mask,
             position_ids=positions_from_mask(inputs.attention_mask),
@@ -73,7 +83,22 @@ class CausalLMHost(nn.Module):
             pad_token_id=self.tokenizer.pad_token_id,
             max_new_tokens=max_new_tokens,
         )
-        return finish_generation(inputs, new_ids, new_mask, self.tokenizer)
+        return finish_generation(inputs, result, self.grounding_offset, self.tokenizer)
+
+    def _lm_step(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None):
+        """One cached LLM call: the head runs on the last position only (a prefill needs no
+        logits for the whole prompt); the grounding states are the last layer's, after
+        the final norm, as ``forward`` returns them."""
+        out = self.llm.get_decoder()(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=True,
+        )
+        states = out.last_hidden_state
+        return self.llm.get_output_embeddings()(states[:, -1]), states, out.past_key_values
 
     def embed(self, input_ids: torch.Tensor, visual: VisualFeatures, edits: Sequence[EmbedEdit] = ()) -> torch.Tensor:
         """Token embeddings with the visual tokens and the edits spliced in."""
@@ -84,6 +109,26 @@ class CausalLMHost(nn.Module):
         for edit in edits:
             embeds = splice(embeds, input_ids == edit.token_id, edit.values, f"edit of token {edit.token_id}")
         return embeds
+
+
+def clip_frame_indices(frames: torch.Tensor, frame_indices: torch.Tensor | None) -> torch.Tensor:
+    """(B, T) clip indices of the frames a host encodes (default: 0..T-1)."""
+    if frame_indices is not None:
+        return frame_indices.to(frames.device)
+    return torch.arange(frames.shape[1], device=frames.device).expand(frames.shape[0], -1)
+
+
+def requested_frames(
+    request: FrameRequest, frames: torch.Tensor, frame_indices: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` frames a host reads, with their clip indices: ``frames`` as given when
+    they are that many (the data pipeline sampled them with the host's request), else
+    the request's rule applied to them (a caller that passed a whole clip)."""
+    indices = clip_frame_indices(frames, frame_indices)
+    if frames.shape[1] != count:
+        picked = torch.tensor(request.sample(frames.shape[1]), device=frames.device)
+        frames, indices = frames[:, picked], indices[:, picked]
+    return frames, indices
 
 
 def tsf_placeholders(host, count: int) -> list[int]:
@@ -100,21 +145,28 @@ def splice(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, what
 
 
 def finish_generation(
-    inputs: HostInputs, new_ids: torch.Tensor, new_mask: torch.Tensor, tokenizer, extras: dict | None = None
+    inputs: HostInputs, result: GreedyResult, grounding_offset: int, tokenizer, extras: dict | None = None
 ) -> Generation:
-    """Prompt plus generated tokens (and their mask) as a :class:`Generation`
-    (``extras``: the full sequence's, when the host keeps per-token data there, as Qwen's
-    positions)."""
+    """Prompt plus generated tokens as a :class:`Generation` (``extras``: the full
+    sequence's, when the host keeps per-token data there, as Qwen's positions)."""
     full = HostInputs(
-        input_ids=torch.cat([inputs.input_ids, new_ids], dim=1),
-        attention_mask=torch.cat([inputs.attention_mask, new_mask], dim=1),
+        input_ids=torch.cat([inputs.input_ids, result.new_ids], dim=1),
+        attention_mask=torch.cat([inputs.attention_mask, result.new_mask.long()], dim=1),
         labels=None,
         visual=inputs.visual,
         extras=inputs.extras if extras is None else extras,
     )
-    texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(result.new_ids, skip_special_tokens=True)
     start = torch.full((len(texts),), inputs.input_ids.shape[1], dtype=torch.long)
-    return Generation(inputs=full, texts=texts, num_prompt_tokens=start)
+    return Generation(
+        inputs=full,
+        texts=texts,
+        num_prompt_tokens=start,
+        new_ids=result.new_ids,
+        new_mask=result.new_mask,
+        token_states=result.token_states(grounding_offset),
+        truncated=result.truncated,
+    )
 
 
 def assemble_inputs(

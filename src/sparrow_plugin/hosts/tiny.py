@@ -12,7 +12,7 @@ same contract as the real hosts::
     grounding head (optional): answer-position hidden state -> SAM2 prompt tokens, the
         tiny counterpart of VideoGLaMM's ``text_hidden_fcs`` (``seg_projection()``)
 
-Everything starts random. :mod:`sparrow_plugin.hosts.tiny_pretraining` gives it the
+Everything starts random. :mod:`sparrow_plugin.pretraining` gives it the
 pre-training real hosts arrive with, and saves it as a release folder that
 :meth:`TinyVideoLLM.from_pretrained` reads::
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,9 +39,10 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from sparrow_plugin.errors import CheckpointError, ConfigError
 from sparrow_plugin.hosts.added_tokens import AddedTokenEmbedding, AddedTokenHead
-from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs
+from sparrow_plugin.frames import square_size, uniform_frames
+from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, clip_frame_indices
 from sparrow_plugin.hosts.word_tokenizer import build_word_tokenizer as _build_word_tokenizer
-from sparrow_plugin.interfaces import DecoderSpec, HostInputs, VisualFeatures
+from sparrow_plugin.interfaces import DecoderSpec, FrameRequest, HostInputs, VisualFeatures
 from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.registry import register_host
 
@@ -205,12 +207,19 @@ class TinyVideoLLM(CausalLMHost):
         return [self.spatial_projector, self.temporal_projector]
 
     def decoder_spec(self) -> DecoderSpec:
-        return DecoderSpec(config=self.config.sam2_config, state_dict=self._sam2_state)
+        # its SAM2 was pre-trained with a presence head; stage 1 keeps supervising it
+        return DecoderSpec(config=self.config.sam2_config, state_dict=self._sam2_state, presence_weight=1.0)
 
     def seg_projection(self) -> nn.Module | None:
         return self.grounding_head
 
-    def encode_video(self, frames: torch.Tensor) -> VisualFeatures:
+    def frame_request(self) -> FrameRequest:
+        return FrameRequest(
+            sample=partial(uniform_frames, count=self.config.llm_frames),
+            size=partial(square_size, size=self.config.image_size),
+        )
+
+    def encode_video(self, frames: torch.Tensor, frame_indices: torch.Tensor | None = None) -> VisualFeatures:
         num_clips, num_frames = frames.shape[:2]
         grid, width = self.config.grid, self.config.vision_width
         images = frames.flatten(0, 1)
@@ -227,9 +236,8 @@ class TinyVideoLLM(CausalLMHost):
         pooled = pooled.flatten(2).transpose(1, 2).reshape(num_clips, len(llm_frames), -1, width)
         temporal = self.temporal_encoder(pooled)
         tokens = torch.cat([self.spatial_projector(context), self.temporal_projector(temporal)], dim=1)
-        dense = patches.permute(0, 1, 4, 2, 3)  # (B, T, C, g, g)
-        frame_ids = torch.arange(num_frames, device=frames.device).expand(num_clips, -1)
-        return VisualFeatures(llm_tokens=tokens, dense=dense, dense_frames=frame_ids)
+        dense = patches.permute(0, 1, 4, 2, 3)  # (B, T, C, g, g), the whole frame resized
+        return VisualFeatures(llm_tokens=tokens, dense=dense, dense_frames=clip_frame_indices(frames, frame_indices))
 
     def build_inputs(
         self,
