@@ -141,3 +141,76 @@ def test_collate_refuses_mixed_lengths(synthetic_root):
     b = {**b, "frames": b["frames"][:3]}
     with pytest.raises(ValueError, match="different lengths"):
         collate_referring([a, b])
+
+
+@pytest.fixture
+def hidden_root(tmp_path, synthetic_root):
+    """A copy where the first referred object of the first train expression is absent
+    (null masks) in every frame but the last two."""
+    root = tmp_path / "hidden"
+    shutil.copytree(synthetic_root, root)
+    meta = json.loads((root / "train" / "meta_expressions.json").read_text())
+    masks_path = root / "train" / "mask_dict.json"
+    masks = json.loads(masks_path.read_text())
+    video, entry = next(iter(meta["videos"].items()))
+    expression = next(e for e in entry["expressions"].values() if len(e["anno_id"]) == 1)
+    anno_id = str(expression["anno_id"][0])
+    masks[anno_id] = [None] * (len(masks[anno_id]) - 2) + masks[anno_id][-2:]
+    masks_path.write_text(json.dumps(masks))
+    return root, video, expression["exp"], len(masks[anno_id])
+
+
+def test_training_prompts_a_frame_where_the_target_is_and_has_target_comes_from_the_video(hidden_root):
+    root, video, text, total = hidden_root
+    dataset = MeViSDataset(root, "train", image_size=32, num_frames=2, random_frames=True)
+    index = next(i for i, e in enumerate(dataset.expressions) if e.video == video and e.text == text.lower())
+    prompted = set()
+    for _ in range(30):
+        item = dataset[index]
+        clip_frame = int(item["frame_indices"][item["cond_frame"]])
+        assert clip_frame >= total - 2  # the prompted frame shows the target
+        assert item["object_visible"][0, item["cond_frame"]]
+        prompted.add(clip_frame)
+    assert prompted == {total - 2, total - 1}  # drawn at random among them
+    first_frame_only = MeViSDataset(root, "train", image_size=32, num_frames=1)[index]
+    assert not first_frame_only["masks"].any() and first_frame_only["has_target"]  # the video has it, frame 0 does not
+    assert first_frame_only["cond_frame"] == 0  # evaluation: the model decides its own prompting
+
+
+def test_boxes_and_visibility_follow_the_masks(synthetic_root):
+    dataset = MeViSDataset(synthetic_root, "valid_u", image_size=32)
+    item = dataset[next(i for i, e in enumerate(dataset.expressions) if len(e.anno_ids) == 1)]
+    boxes, visible, full = item["object_boxes"][0], item["object_visible"][0], item["full_masks"].numpy()
+    height, width = item["original_size"]
+    assert visible.tolist() == full.reshape(len(full), -1).any(axis=1).tolist()
+    for t in np.flatnonzero(visible.numpy()):
+        ys, xs = np.nonzero(full[t])
+        expected = torch.tensor([xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height])
+        torch.testing.assert_close(boxes[t], expected.float())
+
+
+def test_host_frames_are_read_apart_from_the_decoder_window(synthetic_root):
+    from functools import partial
+
+    from sparrow_plugin.frames import square_size, uniform_frames
+    from sparrow_plugin.interfaces import FrameRequest
+
+    request = FrameRequest(sample=partial(uniform_frames, count=4), size=partial(square_size, size=48))
+    dm = ReferringVideoDataModule(synthetic_root, image_size=32, train_frames=2, batch_size=2)
+    dm.set_frame_request(request)
+    batch = next(iter(dm.train_dataloader()))
+    total = len(dm.dataset("train", "train").expressions[0].frames)
+    assert batch.frames.shape[1] == 2 and batch.llm_frames.shape[1:] == (4, 3, 48, 48)
+    expected = uniform_frames(total, 4)
+    assert len(set(expected)) == 4  # no frame repeats when the clip is long enough
+    assert batch.llm_frame_indices.tolist() == [expected] * 2
+    assert uniform_frames(3, 5) == [0, 1, 2, 2, 2]  # only a shorter clip repeats its last frame
+    assert dm.dataset("valid_u", "eval") is not dm.dataset("valid_u", "train")  # cached per (split, role)
+
+
+def test_test_refuses_a_split_without_masks(tmp_path, synthetic_root):
+    root = tmp_path / "nomasks"
+    shutil.copytree(synthetic_root, root)
+    (root / "valid_u" / "mask_dict.json").unlink()
+    with pytest.raises(DatasetError, match="no masks.*sparrow predict"):
+        ReferringVideoDataModule(root, image_size=32).test_dataloader()

@@ -217,3 +217,60 @@ def test_unipixel_forward_matches_transformers_qwen2_5_vl(tmp_path, vocabulary):
             pixel_values_videos=patches, video_grid_thw=grid_thw,
         ).logits
     torch.testing.assert_close(ours, theirs)
+
+
+def _recipe_config(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((RECIPES / name / "stage1.yaml").read_text())["model"]["init_args"]["config"]
+
+
+@pytest.mark.parametrize("mode", ["track", "per_frame"])
+def test_a_sample_sam2_scores_absent_still_trains_the_seg_adapter(shim, synthetic_root, mode):
+    """Under the host's recipe settings, BCE and DICE send a gradient to the [SEG] adapter
+    even when SAM2's presence head says "absent" everywhere; SAM2's training gate would cut it."""
+    name, _, release = shim
+    _check_absent_sample_trains(name, release, synthetic_root, mode)
+
+
+def test_the_tiny_host_too(tmp_path, synthetic_root, vocabulary):
+    from sparrow_plugin.hosts.tiny import TinyVideoLLM
+
+    from .test_cli import SMALL_HOST
+
+    TinyVideoLLM.create(vocabulary, SMALL_HOST).save_pretrained(tmp_path / "host")
+    _check_absent_sample_trains("tiny", tmp_path / "host", synthetic_root, "track")
+
+
+def _check_absent_sample_trains(name, release, synthetic_root, mode):
+    from sparrow_plugin.data import ReferringVideoDataModule, collate_referring
+
+    config = {**_recipe_config(name), "kinds": ["appearance", "motion", "spatial", "multi", "no_target", "all"]}
+    config["decoder"] = {**config["decoder"], "mode": mode}
+    wrapper = SparrowWrapper(base=name, host_args={"path": release}, config=config).train()
+    model = wrapper.model
+    head = model.decoder.sam.sam_mask_decoder.pred_obj_score_head
+    last = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-50.0)  # "absent" on every frame
+    dm = ReferringVideoDataModule(synthetic_root, image_size=model.decoder.image_size, train_frames=2, batch_size=2)
+    dm.set_frame_request(model.host.frame_request())
+    dataset = dm.dataset("train", "train")
+    batch = collate_referring([dataset[i] for i, e in enumerate(dataset.expressions) if e.anno_ids][:2])
+    assert bool(batch.has_target.all())
+
+    scores = []
+    model.decoder.sam.sam_mask_decoder.register_forward_hook(lambda module, args, out: scores.append(out[3].detach()))
+
+    def mask_gradient() -> float:
+        model.zero_grad()
+        losses = model.training_losses(batch)
+        (losses["bce"] + losses["dice"]).backward()
+        return sum(float(p.grad.abs().sum()) for p in model.seg_adapter.parameters() if p.grad is not None)
+
+    assert not model.gate_masks_in_training
+    assert mask_gradient() > 0
+    assert scores and all(bool((s < 0).all()) for s in scores)  # SAM2 did score the objects absent
+    model.decoder.sam.gate_masks_in_training = True  # what the training gate would do
+    assert mask_gradient() == 0

@@ -271,3 +271,20 @@ def test_metric_is_told_how_many_samples_to_expect():
     assert SparrowWrapper._expected_samples(torch.utils.data.DataLoader(list(range(7))), 1.0) == 7
     assert SparrowWrapper._expected_samples(torch.utils.data.DataLoader(list(range(7))), 1) is None  # fast_dev_run: one batch
     assert SparrowWrapper._expected_samples(torch.utils.data.DataLoader(list(range(7))), 0.5) is None
+
+
+def test_a_normalised_box_reads_its_cell_of_the_dense_features():
+    """VisualFeatures' geometry maps frame coordinates onto the grid, for RoIAlign."""
+    from torchvision.ops import roi_align
+
+    host = _host()
+    visual = host.encode_video(torch.rand(1, 3, 3, 128, 128), torch.tensor([[0, 4, 7]]))
+    assert visual.dense_frames.tolist() == [[0, 4, 7]]
+    grid_h, grid_w = visual.geometry.grid
+    maps = visual.dense[0]  # (T, C, h, w)
+    row, col = 2, 5
+    box = torch.tensor([[col / grid_w, row / grid_h, (col + 1) / grid_w, (row + 1) / grid_h]])
+    cells = visual.geometry.to_grid(box)
+    torch.testing.assert_close(cells, torch.tensor([[col, row, col + 1, row + 1]], dtype=torch.float32))
+    read = roi_align(maps[1:2], [cells], output_size=1, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+    torch.testing.assert_close(read[0, :, 0, 0], maps[1, :, row, col])
