@@ -155,3 +155,15 @@ def test_predict_writes_submission_pngs_and_overlays(tmp_path, synthetic_root, t
     assert len(list((out / "overlays").glob("*.jpg"))) == 2
     answers = json.loads((out / "answers.json").read_text())
     assert len(answers) == len(dataset)
+
+
+def test_report_counts_cut_off_answers_and_warns_about_protocol_deviations():
+    from sparrow_plugin.cli import format_report
+
+    protocol = {"J": 0.5, "F": 0.7, "J&F": 0.6, "expressions": 10, "no_seg": 2, "truncated": 1}
+    partial = {**protocol, "truncated": 3, "protocol_deviations": ["eval_frames=4: only 4 frames of each video are scored"]}
+    table = format_report({"full": protocol, "partial": partial})
+    overall = next(line for line in table.splitlines() if line.startswith("overall"))
+    assert overall.split()[2:4] == ["2/2", "1/3"]  # no [SEG], cut off
+    assert "WARNING partial: not the benchmark protocol: eval_frames=4" in table
+    assert "WARNING full" not in table
