@@ -106,7 +106,7 @@ class MeViSDataset(Dataset):
         self.split_dir = self.root / split
         self.image_size, self.num_frames, self.random_frames = image_size, num_frames, random_frames
         self.frame_request = frame_request
-        self._rng: np.random.Generator | None = None
+        self._rng: tuple[int, np.random.Generator] | None = None
         self._visible_cache: dict[int, np.ndarray] = {}
         self.meta_path = self.split_dir / "meta_expressions.json"
         self.mask_path = self.split_dir / "mask_dict.json"
@@ -245,10 +245,12 @@ class MeViSDataset(Dataset):
     def rng(self) -> np.random.Generator:
         """This process's generator for the prompted frame: seeded from torch's seed (which
         Lightning's ``seed_everything`` sets, and DataLoader sets per worker), apart from
-        torch's stream so drawing it changes no other random choice."""
-        if self._rng is None:
-            self._rng = np.random.default_rng(torch.initial_seed())
-        return self._rng
+        torch's stream so drawing it changes no other random choice. Keyed by that seed, so
+        a worker that received a copy of the dataset draws its own sequence."""
+        seed = torch.initial_seed()
+        if self._rng is None or self._rng[0] != seed:
+            self._rng = (seed, np.random.default_rng(seed))
+        return self._rng[1]
 
     def visible_frames(self, expression: ReferringExpression) -> np.ndarray:
         """(total,) bool: frames of the whole video where a referred object has a non-empty
