@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from sparrow_plugin.frames import resize_frames
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
@@ -16,7 +17,6 @@ __all__ = [
     "clip_patch_features",
     "text_hidden_fcs",
     "OneTokenProjection",
-    "resize_square",
     "resolve_path",
     "to_release_names",
 ]
@@ -59,16 +59,10 @@ def clip_patch_features(tower: nn.Module, images: torch.Tensor, select_layer: in
         (N, patches, width).
     """
     mean, std = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1), images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    pixels = (resize_square(images, tower.config.image_size) - mean) / std
+    pixels = (resize_frames(images, (tower.config.image_size,) * 2) - mean) / std
     with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in tower.parameters())):
         hidden = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
     return hidden[select_layer][:, 1:]
-
-
-def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def resolve_path(release: Path, location: str | Path) -> Path:

@@ -22,10 +22,8 @@ import math
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 from sam2.modeling.sam.prompt_encoder import PromptEncoder
 from torch import nn
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -227,13 +225,13 @@ class UniPixel(nn.Module):
 
     def forward(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = ()) -> HostOutput:
         self._pre_norm.clear()
-        out = self._text_lm(
+        out = self.language_model(
             inputs_embeds=self._embed(inputs, edits),
             attention_mask=inputs.attention_mask,
             position_ids=inputs.extras["position_ids"],
             use_cache=False,
         )
-        return HostOutput(logits=out.logits, grounding_states=self._pre_norm.pop())
+        return HostOutput(logits=self.qwen.lm_head(out.last_hidden_state), grounding_states=self._pre_norm.pop())
 
     def generate(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = (), max_new_tokens: int = 32) -> Generation:
         stop = self.tokenizer.convert_tokens_to_ids(END)
@@ -253,14 +251,6 @@ class UniPixel(nn.Module):
         return finish_generation(inputs, result, self.grounding_offset, self.tokenizer, extras=extras)
 
     # ------------------------------------------------------------------ internals
-
-    def _text_lm(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
-        """The language model and its head, as a causal LM (logits, cache)."""
-        out = self.language_model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-            position_ids=position_ids, past_key_values=past_key_values, use_cache=use_cache,
-        )
-        return SimpleNamespace(logits=self.qwen.lm_head(out.last_hidden_state), past_key_values=out.past_key_values)
 
     def _lm_step(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, past_key_values=None):
         """One cached call for generation: the head on the last position only; the

@@ -31,13 +31,12 @@ from baselines.common import (
     SAM2_STABILITY_FALLBACK,
     OneTokenProjection,
     clip_patch_features,
-    resize_square,
     resolve_path,
     text_hidden_fcs,
 )
 from baselines.videoglamm.config import VideoGLaMMConfig
 from baselines.videoglamm.towers import load_temporal_tower
-from sparrow_plugin.frames import square_size, uniform_frames
+from sparrow_plugin.frames import resize_frames, square_size, uniform_frames
 from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, requested_frames, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
@@ -181,7 +180,7 @@ class VideoGLaMM(CausalLMHost):
         patches = clip_patch_features(self.spatial_tower, images, config.mm_vision_select_layer)  # (B*F, P, 1024)
         context = _pool_tokens(self.image_mm_projector(patches), config.context_pool).view(num_clips, -1, config.hidden_size)
 
-        video_in = ((resize_square(images, 224) - self.imagenet_mean) / self.imagenet_std).view(-1, config.temporal_chunk, 3, 224, 224)
+        video_in = ((resize_frames(images, (224, 224)) - self.imagenet_mean) / self.imagenet_std).view(-1, config.temporal_chunk, 3, 224, 224)
         video_tokens = self.temporal_tower(video_in).flatten(0, 1)  # (B*F, 256, width)
         video = _pool_tokens(self.mm_projector(video_tokens), config.video_pool).view(num_clips, -1, config.hidden_size)
 

@@ -134,6 +134,8 @@ class SparrowConfig:
         return cls(**{k: nested[k](**v) if k in nested and isinstance(v, dict) else v for k, v in values.items()})
 
     def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.stage != 1:
             raise ConfigError(f"stage {self.stage} is not available yet; this release trains stage 1")
         unknown = sorted(set(self.lr_scale) - set(PARAMETER_GROUPS))

@@ -6,7 +6,7 @@ scheme and SAM2 weights; SPARROW wraps it (LoRA, new token rows, adapters) and n
 it. Hosts need not inherit from anything: :class:`HostAdapter` is a runtime-checkable
 protocol.
 
-How the pieces meet, per batch (see DESIGN.md for the picture)::
+How the pieces meet, per batch (the README draws the whole picture)::
 
     request = host.frame_request()                          # which frames, at what size (data side)
     visual = host.encode_video(llm_frames, frame_indices)   # LLM tokens + dense features
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -98,6 +99,21 @@ class FrameRequest:
     sample: Callable[[int], list[int]]
     size: Callable[[int, int], tuple[int, int]]
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+
+    def __eq__(self, other) -> bool:
+        # partials compare by identity; two requests built alike ask for the same frames
+        return isinstance(other, FrameRequest) and _callable_key(self.sample) == _callable_key(other.sample) and (
+            _callable_key(self.size) == _callable_key(other.size) and self.interpolation == other.interpolation
+        )
+
+    def __hash__(self) -> int:
+        return hash((_callable_key(self.sample), _callable_key(self.size), self.interpolation))
+
+
+def _callable_key(function: Callable) -> tuple:
+    if isinstance(function, partial):
+        return (function.func, function.args, tuple(sorted(function.keywords.items())))
+    return (function,)
 
 
 @dataclass(frozen=True)
@@ -379,9 +395,9 @@ class VideoBatch:
         frame_indices: (B, T) long, the decoder's frames in the clip.
         has_target: (B,) bool, the annotation refers to an object visible somewhere in the
             whole video (not only in the sampled frames), or None without labels.
-        cond_frames: (B,) long, per sample a frame of ``frames`` where the target is visible
-            (drawn at random among them in training), where SAM2 is prompted in training;
-            0 when nothing is visible or without labels.
+        cond_frames: (B,) long, per sample the position in ``frames`` where SAM2 is prompted
+            in training: drawn at random among the frames showing the target (among all
+            frames when it shows nowhere); 0 at evaluation, where the model decides.
         object_boxes: per sample (K, T, 4) float normalised xyxy boxes of the referred
             objects in the decoder's frames (zeros where not visible), or None.
         object_visible: per sample (K, T) bool, or None.

@@ -145,8 +145,9 @@ class SparrowModel(nn.Module):
         the position of the prompted frame among them, (N,) long.
 
         All frames unless ``decoder.train_frames``; then in ``track`` mode W consecutive
-        frames starting at the prompted frame (ending at it near the clip's end), so the
-        window always holds it; in ``per_frame`` mode one random subset for the batch.
+        frames starting at the prompted frame (the clip's last W when it is that close to
+        the end), so the window always holds it; in ``per_frame`` mode one random subset
+        for the batch.
         """
         num_frames, device = batch.frames.shape[1], batch.frames.device
         cond = (batch.cond_frames if batch.cond_frames is not None else torch.zeros(len(batch), dtype=torch.long)).to(device)[rows]
@@ -227,7 +228,7 @@ class SparrowModel(nn.Module):
             return self.host.encode_video(batch.llm_frames, batch.llm_frame_indices)
         request = self.host.frame_request()
         picked = torch.tensor(request.sample(batch.frames.shape[1]), device=batch.frames.device)
-        height, width = batch.original_sizes[0]
+        height, width = batch.original_sizes[0]  # one size for the batch: frames of other sizes cannot stack
         frames = resize_frames(batch.frames[:, picked], request.size(height, width), request.interpolation)
         indices = batch.frame_indices[:, picked.cpu()] if batch.frame_indices is not None else picked.expand(len(batch), -1)
         return self.host.encode_video(frames, indices.to(frames.device))

@@ -133,8 +133,9 @@ class SparrowWrapper(L.LightningModule):
         self.metrics["test"].expected_samples = self._expected_samples(self.trainer.test_dataloaders, self.trainer.limit_test_batches)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            self.metrics["val"].reset()  # a few batches to catch bugs, not a result
+        metric = self.metrics["val"]
+        if self.trainer.sanity_checking or metric.update_count == 0:
+            metric.reset()  # a sanity check is a few batches to catch bugs; a split without masks has no score
             return
         self._log_metric("val")
 

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
 from sparrow_plugin.errors import DatasetError
-from sparrow_plugin.frames import resize_frames
+from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.interfaces import FrameRequest
 
 __all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json"]
@@ -238,7 +238,7 @@ class MeViSDataset(Dataset):
             others = torch.randperm(total - 1)[: self.num_frames - 1]
             indices = sorted([cond, *(others + (others >= cond).long()).tolist()])
         else:
-            indices = np.linspace(0, total - 1, self.num_frames).round().astype(int).tolist()
+            indices = uniform_frames(total, self.num_frames)
         return indices, (0 if cond is None else indices.index(cond))
 
     @property

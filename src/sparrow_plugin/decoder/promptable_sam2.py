@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from sam2.modeling.sam2_base import SAM2Base
+from sam2.modeling.sam2_base import NO_OBJ_SCORE, SAM2Base
 
 __all__ = ["PromptableSAM2"]
 
@@ -85,18 +85,19 @@ class PromptableSAM2(SAM2Base):
 
         SAM2 replaces the masks of an object it scores absent with a constant, which cuts
         their gradient. Ungated (``gate_masks_in_training`` False, in training), the masks
-        are computed as if the object were present, while the object pointer and the
-        memory (which reads the returned score) still see SAM2's own presence score: the
-        memory meets "absent" in training as it does at inference. This is UniPixel's
-        training rule.
+        returned for the losses are computed as if the object were present, while the
+        object pointer, the memory's no-object embedding (both read the returned score)
+        and the mask the memory encodes (:meth:`_encode_new_memory`) follow SAM2's own
+        presence score: the memory meets "absent" in training as it does at inference.
+        UniPixel trains with ungated masks too.
         """
-        if not (self.training and not self.gate_masks_in_training and self.pred_obj_scores):
+        if not self._ungated():
             return super()._forward_sam_heads(*args, **kwargs)
         scores = {}
 
         def present_to_the_gate(module, inputs, output):
             scores["logits"] = output[3]
-            return (*output[:3], torch.full_like(output[3], 10.0))
+            return (*output[:3], torch.full_like(output[3], float("inf")))
 
         handle = self.sam_mask_decoder.register_forward_hook(present_to_the_gate)
         try:
@@ -111,6 +112,18 @@ class PromptableSAM2(SAM2Base):
             obj_ptr = appearing * obj_ptr
         obj_ptr = obj_ptr + (1 - appearing) * self.no_obj_ptr
         return (*masks, obj_ptr, logits)
+
+    def _encode_new_memory(self, current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits, is_mask_from_pts):
+        """SAM2's memory encoder; in ungated training it is given the mask as the gate
+        leaves it (the "absent" constant where SAM2 scores the object absent), exactly
+        what it is given at inference."""
+        if self._ungated():
+            appearing = (object_score_logits > 0)[..., None, None]
+            pred_masks_high_res = torch.where(appearing, pred_masks_high_res, NO_OBJ_SCORE)
+        return super()._encode_new_memory(current_vision_feats, feat_sizes, pred_masks_high_res, object_score_logits, is_mask_from_pts)
+
+    def _ungated(self) -> bool:
+        return self.training and not self.gate_masks_in_training and self.pred_obj_scores
 
     def track_step(self, *args, **kwargs):
         """SAM2's tracking step; also keeps ``object_score_logits`` while training.

@@ -72,7 +72,7 @@ def greedy_generate(
     finished = torch.zeros(batch, dtype=torch.bool, device=inputs_embeds.device)
     next_position = position_ids[..., -1:] + 1
     generated, real = [], []
-    for index in range(max_new_tokens):
+    for _ in range(max_new_tokens):
         token = logits.argmax(dim=-1)
         token = torch.where(finished, torch.full_like(token, pad_token_id), token)
         generated.append(token)
