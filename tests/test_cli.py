@@ -107,6 +107,8 @@ def test_test_command_writes_results(tmp_path, synthetic_root, tiny_host, capsys
     recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
     results = tmp_path / "results.json"
     main(["test", "--config", recipe, "--results", str(results)])
+    printed = capsys.readouterr().out
+    assert "no [SEG]" in printed and "Test metric" not in printed  # our table, not Lightning's as well
     data = json.loads(results.read_text())
     assert data["expressions"] == len(MeViSDataset(synthetic_root, "valid_u", image_size=32))
     assert "J&F" in data and "no_seg" in data

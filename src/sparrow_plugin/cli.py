@@ -50,6 +50,11 @@ class SparrowCLI(LightningCLI):
                 module=r"lightning\.pytorch\.callbacks\.model_checkpoint$",
             )
 
+    def before_test(self) -> None:
+        # after_test prints the results as a table per expression kind; Lightning's own
+        # table of the same numbers (as float32) would print them twice
+        self.config_init[self.subcommand]["verbose"] = False
+
     def after_test(self) -> None:
         results = getattr(self.model, "test_results", None)
         if not results:
