@@ -22,3 +22,13 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left():
+    """A recipe run in-process with Lightning's DDP strategy (one process, gloo) leaves its
+    process group behind; later tests would then see a distributed run (torchmetrics
+    syncs its states across it)."""
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
