@@ -126,3 +126,25 @@ def test_official_config_builds_with_token_prompts(tmp_path):
     with torch.no_grad():
         out = decoder(torch.rand(1, 2, 3, 256, 256), torch.randn(1, 2, 256))  # frames resized to 1024
     assert out.mask_logits.shape == (1, 2, 1024, 1024)
+
+
+def test_ungated_training_lifts_the_gate_on_the_masks_only(tiny_state):
+    """SAM2 scoring the object absent everywhere: the masks keep their gradient, while the
+    memory encodes the gated ("absent") mask and the real score comes back, as at inference."""
+    decoder = SAM2VideoDecoder.from_spec(DecoderSpec("sam2.1_hiera_tiny128", state_dict=tiny_state)).train()
+    decoder.sam.gate_masks_in_training = False
+    head = [m for m in decoder.sam.sam_mask_decoder.pred_obj_score_head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-5.0)
+    encoded = []
+    decoder.sam.memory_encoder.register_forward_hook(lambda module, args, out: encoded.append(args[1].detach()))
+    tokens = torch.randn(1, 1, decoder.prompt_dim, requires_grad=True)
+    out = decoder(torch.rand(1, 3, 3, 128, 128), tokens)
+    assert bool((out.object_logits == -5.0).all())  # the real score, not the "present" given to the gate
+    assert out.mask_logits.std() > 0  # not SAM2's constant
+    out.mask_logits.sigmoid().mean().backward()
+    assert tokens.grad.abs().sum() > 0
+    assert encoded and all(float(mask.std()) == 0.0 for mask in encoded)  # the memory saw "absent"
+    decoder.sam.gate_masks_in_training = True
+    assert float(decoder(torch.rand(1, 3, 3, 128, 128), tokens).mask_logits.std()) == 0.0  # what the gate does
