@@ -160,9 +160,7 @@ class MeViSDataset(Dataset):
             "original_size": (height, width),
         }
         if self.frame_request is not None:
-            request = self.frame_request
-            host_frames = self.to_tensor(np.stack([pixels[i] for i in llm_indices]))
-            item["llm_frames"] = resize_frames(host_frames, request.size(height, width), request.interpolation)
+            item["llm_frames"] = self._host_frames(pixels, llm_indices, frame_indices, item["frames"], (height, width))
             item["llm_frame_indices"] = torch.as_tensor(llm_indices, dtype=torch.long)
         if self.mask_dict is not None:
             objects = self._object_masks(expression, frame_indices, frame_names, (height, width))
@@ -174,6 +172,17 @@ class MeViSDataset(Dataset):
             item["object_masks"] = resized.view(*objects.shape[:2], *size)
             item["masks"] = item["object_masks"].any(dim=0)
         return item
+
+    def _host_frames(self, pixels: dict, llm_indices: list[int], frame_indices: list[int], frames: torch.Tensor, size) -> torch.Tensor:
+        """The host's frames at its size; taken from the decoder's already resized ``frames``
+        when they are those frames at that size and interpolation (the tiny host's case),
+        instead of resizing the same pixels twice."""
+        request = self.frame_request
+        wanted = request.size(*size)
+        positions = {index: position for position, index in enumerate(frame_indices)}
+        if tuple(wanted) == (self.image_size,) * 2 and request.interpolation == "bilinear" and all(i in positions for i in llm_indices):
+            return frames[[positions[i] for i in llm_indices]]
+        return resize_frames(self.to_tensor(np.stack([pixels[i] for i in llm_indices])), wanted, request.interpolation)
 
     # ------------------------------------------------------------------ structure checks
 
