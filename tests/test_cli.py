@@ -154,7 +154,7 @@ def test_predict_writes_submission_pngs_and_overlays(tmp_path, synthetic_root, t
     assert [p.stem for p in pngs] == list(first.frames)
     mask = Image.open(pngs[0])
     assert mask.size == (160, 120) and set(mask.getdata()) <= {0, 255}
-    assert len(list((out / "overlays").glob("*.jpg"))) == 2
+    assert len(list((out / "overlays").glob("*.png"))) == 2
     answers = json.loads((out / "answers.json").read_text())
     assert len(answers) == len(dataset)
 
