@@ -113,7 +113,7 @@ def test_void_is_cleared_before_boundaries():
 
 
 def _reference_f(pred: np.ndarray, gt: np.ndarray, bound_th: float = 0.008) -> float:
-    """shared/specs/metrics.md, transcribed with numpy/scipy, one frame at a time."""
+    """docs/metrics.md, transcribed with numpy/scipy, one frame at a time."""
 
     def bmap(m):
         e, s, se = np.zeros_like(m), np.zeros_like(m), np.zeros_like(m)

@@ -17,7 +17,7 @@ multi           "the two yellow shapes"            several objects; the mask is 
 no_target       "the purple triangle"              nothing in the video matches
 ==============  =================================  =========================================
 
-Output (``shared/specs/datasets.md``), for the splits ``train`` and ``valid_u``::
+Output (``docs/data_formats.md``), for the splits ``train`` and ``valid_u``::
 
     <root>/<split>/JPEGImages/<video>/<frame>.jpg
     <root>/<split>/meta_expressions.json   (+ "kind" per expression, "objects" per video)

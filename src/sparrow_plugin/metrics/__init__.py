@@ -1,4 +1,4 @@
-"""Benchmark metrics with exact parity to the reference evaluators (shared/specs/metrics.md)."""
+"""Benchmark metrics with exact parity to the reference evaluators (docs/metrics.md)."""
 
 from sparrow_plugin.metrics.frame_scores import boundary_map, boundary_radius, f_measure, jaccard
 from sparrow_plugin.metrics.mevis import MeViSMetric

@@ -1,4 +1,4 @@
-"""Per-frame region similarity J and contour accuracy F (``shared/specs/metrics.md``).
+"""Per-frame region similarity J and contour accuracy F (``docs/metrics.md``).
 
 Both functions take masks of shape (H, W) or (T, H, W) as numpy arrays or torch tensors
 of any dtype (non-zero means foreground) and return float64 tensors with the leading
