@@ -7,8 +7,8 @@
 #
 # Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), TINY (1), VENV, PYTHON.
 #
-# Python: 3.10, 3.11 or 3.12 (pyproject.toml's requires-python). Without PYTHON, make builds
-# $(VENV) with the first of python3.11, python3.12, python3.10, python3 whose version fits;
+# Python: 3.10 to 3.13 (pyproject.toml's requires-python). Without PYTHON, make builds $(VENV)
+# with the first of python3.11, python3.12, python3.13, python3.10, python3 whose version fits;
 # PYTHON=/path/to/python is used as given once its version is checked. When none fits, make
 # says so and stops before creating anything. An existing $(VENV) is checked on every run
 # (its Python runs, is supported, has pip, and is PYTHON's version when PYTHON is given) and
@@ -33,10 +33,11 @@ TINY_HOST := outputs/tiny/host
 
 # --- Which Python -------------------------------------------------------------------------
 # The versions every pin in pyproject.toml installs on (keep in step with requires-python).
-PY_SUPPORTED := 3.10 3.11 3.12
+PY_SUPPORTED := 3.10 3.11 3.12 3.13
 PY_RANGE := $(firstword $(PY_SUPPORTED))-$(lastword $(PY_SUPPORTED))
-# 3.11 first: the project's results were measured with it.
-PY_CANDIDATES := $(if $(strip $(PYTHON)),$(PYTHON),python3.11 python3.12 python3.10 python3)
+# 3.11 first: the project's results were measured with it; then the versions that use the
+# very same pins (3.10 gets older releases of three of them).
+PY_CANDIDATES := $(if $(strip $(PYTHON)),$(PYTHON),python3.11 python3.12 python3.13 python3.10 python3)
 
 # The rest is expanded only inside recipes, so `make clean` and the like probe nothing.
 # An interpreter's version ("3.11.7"), or nothing when it doesn't run: a name found on PATH

@@ -50,12 +50,14 @@ def _make(tmp_path, *args, path_dir=None):
 pytestmark = pytest.mark.skipif(MAKE is None, reason="needs make")
 
 
-def test_prefers_3_11_then_3_12(tmp_path):
-    for name, version in [("python3", "3.13.0"), ("python3.10", "3.10.13"), ("python3.12", "3.12.1")]:
+def test_prefers_3_11_then_the_versions_with_the_same_pins(tmp_path):
+    _fake_python(tmp_path / "bin" / "python3", "3.9.18")
+    chosen = []
+    for name, version in [("python3.10", "3.10.13"), ("python3.13", "3.13.0"),
+                          ("python3.12", "3.12.1"), ("python3.11", "3.11.7")]:
         _fake_python(tmp_path / "bin" / name, version)
-    assert re.search(r"^python3\.12 -m venv ", _make(tmp_path).stdout, re.M)
-    _fake_python(tmp_path / "bin" / "python3.11", "3.11.7")
-    assert re.search(r"^python3\.11 -m venv ", _make(tmp_path).stdout, re.M)
+        chosen.append(re.search(r"^(\S+) -m venv ", _make(tmp_path).stdout, re.M).group(1))
+    assert chosen == ["python3.10", "python3.13", "python3.12", "python3.11"]
 
 
 def test_skips_a_name_that_does_not_run(tmp_path):
