@@ -6,8 +6,15 @@
 #   make test                       the test suite
 #
 # Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), TINY (1), VENV, PYTHON.
+#
+# Python: 3.10 to 3.13 (pyproject.toml's requires-python). Without PYTHON, make builds $(VENV)
+# with the first of python3.11, python3.12, python3.13, python3.10, python3 whose version fits;
+# PYTHON=/path/to/python is used as given once its version is checked. When none fits, make
+# says so and stops before creating anything. An existing $(VENV) is checked on every run
+# (its Python runs, is supported, has pip, and is PYTHON's version when PYTHON is given) and
+# is never rebuilt or removed by make: when it doesn't fit, make says to remove it.
 
-PYTHON ?= python3
+PYTHON ?=  # empty: make chooses (see "Which Python" below)
 VENV ?= .venv
 BASE ?= tiny
 STAGE ?= 1
@@ -22,14 +29,58 @@ RUN := $(OUT)/stage$(STAGE)
 INSTALLED := $(VENV)/.installed
 TINY_HOST := outputs/tiny/host
 
-.PHONY: setup train test data tiny-host clean
+.PHONY: setup train test data tiny-host clean python-check
+
+# --- Which Python -------------------------------------------------------------------------
+# The versions every pin in pyproject.toml installs on (keep in step with requires-python).
+PY_SUPPORTED := 3.10 3.11 3.12 3.13
+PY_RANGE := $(firstword $(PY_SUPPORTED))-$(lastword $(PY_SUPPORTED))
+# 3.11 first: the project's results were measured with it; then the versions that use the
+# very same pins (3.10 gets older releases of three of them).
+PY_CANDIDATES := $(if $(strip $(PYTHON)),$(PYTHON),python3.11 python3.12 python3.13 python3.10 python3)
+
+# The rest is expanded only inside recipes, so `make clean` and the like probe nothing.
+# An interpreter's version ("3.11.7"), or nothing when it doesn't run: a name found on PATH
+# isn't enough, a pyenv shim for a version that pyenv has but hasn't selected fails.
+py_version = $(shell $(1) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+# "3.11" for "3.11.7" ($(basename) drops the last ".suffix")
+py_minor = $(basename $(call py_version,$(1)))
+# The first of a list of interpreters with a supported version (probing stops there).
+first_supported = $(if $(1),$(if $(filter $(PY_SUPPORTED),$(call py_minor,$(firstword $(1)))),$(firstword $(1)),$(call first_supported,$(wordlist 2,$(words $(1)),$(1)))))
+PY = $(call first_supported,$(PY_CANDIDATES))
+# "python3.11 (not found), python3 (3.13.0)", for the message when none fits
+comma := ,
+rparen := )
+PY_FOUND = $(subst $(rparen) ,$(rparen)$(comma) ,$(foreach p,$(PY_CANDIDATES),$(if $(strip $(PYTHON)),PYTHON=)$(p) ($(or $(call py_version,$(p)),not found))))
+VENV_EXISTS = $(wildcard $(VENV)/pyvenv.cfg)
+VENV_VERSION = $(call py_version,$(BIN)/python)
+
+# Runs before anything that uses $(VENV) (an order-only prerequisite of $(INSTALLED), so it
+# never makes the installation out of date) and stops make with one message on a misfit.
+python-check:
+# no interpreter to build $(VENV) with (or PYTHON itself doesn't fit)
+	$(if $(PY),,$(if $(or $(strip $(PYTHON)),$(if $(VENV_EXISTS),,1)),$(error \
+	  sparrow-plugin needs Python $(PY_RANGE); found $(PY_FOUND). \
+	  Install one (pyenv install 3.11) or run make PYTHON=/path/to/python3.11)))
+# $(VENV) from an unsupported Python (an older Makefile used any python3), or whose Python is gone
+	$(if $(VENV_EXISTS),$(if $(filter $(PY_SUPPORTED),$(basename $(VENV_VERSION))),,$(error \
+	  $(if $(VENV_VERSION),$(VENV) has Python $(VENV_VERSION) but sparrow-plugin needs Python $(PY_RANGE),$(BIN)/python does not run). \
+	  Remove $(VENV) (rm -rf $(VENV)) and run make again)))
+# $(VENV) half made (python -m venv fails without ensurepip, e.g. Debian without python3-venv)
+	$(if $(VENV_EXISTS),$(if $(wildcard $(BIN)/pip),,$(error \
+	  $(VENV) has no pip (its creation failed?). Remove $(VENV) (rm -rf $(VENV)) and run make again)))
+# PYTHON asks for another version than $(VENV) has
+	$(if $(and $(VENV_EXISTS),$(strip $(PYTHON))),$(if $(filter $(call py_minor,$(PYTHON)),$(basename $(VENV_VERSION))),,$(error \
+	  $(VENV) has Python $(VENV_VERSION) but PYTHON=$(PYTHON) is $(call py_version,$(PYTHON)). \
+	  Remove $(VENV) (rm -rf $(VENV)) to rebuild it with that one, or choose another VENV=)))
 
 setup: $(INSTALLED)
 
-# torch first, from the exact pins; sam2 is a source package that must build against that
-# torch (no build isolation, no CUDA extension); then this package and its dependencies.
-$(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A new venv from the chosen Python (an existing one was checked above and is kept); torch
+# first, from the exact pins; sam2 is a source package that must build against that torch
+# (no build isolation, no CUDA extension); then this package and its dependencies.
+$(INSTALLED): pyproject.toml | python-check
+	$(if $(VENV_EXISTS),,$(PY) -m venv $(VENV))
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-build-isolation sam2==1.1.0
