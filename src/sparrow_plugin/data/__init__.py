@@ -1,7 +1,20 @@
-"""Datasets in the public benchmark formats, and the synthetic benchmark."""
+"""Datasets in the public benchmark formats, and the synthetic benchmark.
 
-from sparrow_plugin.data.collate import collate_referring
-from sparrow_plugin.data.datamodule import ReferringVideoDataModule
-from sparrow_plugin.data.mevis import MeViSDataset, ReferringExpression, normalize_expression
+The names below are imported on first use: ``sparrow data synth`` and ``sparrow report``
+need the synthetic benchmark's module alone, not Lightning and torch.
+"""
+
+from sparrow_plugin.lazy import lazy_attributes
 
 __all__ = ["MeViSDataset", "ReferringExpression", "normalize_expression", "ReferringVideoDataModule", "collate_referring"]
+
+_LAZY = {
+    "collate_referring": "sparrow_plugin.data.collate",
+    "ReferringVideoDataModule": "sparrow_plugin.data.datamodule",
+    "MeViSDataset": "sparrow_plugin.data.mevis",
+    "ReferringExpression": "sparrow_plugin.data.mevis",
+    "normalize_expression": "sparrow_plugin.data.mevis",
+}
+
+
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__)
