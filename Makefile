@@ -89,8 +89,10 @@ $(INSTALLED): pyproject.toml | python-check
 
 data: $(DATA)/valid_u/meta_expressions.json
 
+# valid_u is written last, and each split is moved into place whole; --overwrite: a run cut
+# short may have left train, which the same seed writes again byte for byte
 $(DATA)/valid_u/meta_expressions.json: | $(INSTALLED)
-	$(SPARROW) data synth --out $(DATA) --seed 0
+	$(SPARROW) data synth --out $(DATA) --seed 0 --overwrite
 
 # The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST):
 # SAM2 and the video LLM side by side, one thread each, then the grounding head.

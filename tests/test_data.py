@@ -6,8 +6,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 from sparrow_plugin.data import MeViSDataset, ReferringVideoDataModule, collate_referring
+from sparrow_plugin.data.mevis import rle_runs
 from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, SyntheticConfig, generate_benchmark
 from sparrow_plugin.errors import DatasetError
 
@@ -108,13 +110,59 @@ def test_rle_size_mismatch_names_file_and_sizes(broken_root):
     mask_path = broken_root / "valid_u" / "mask_dict.json"
     masks = json.loads(mask_path.read_text())
     anno_id, per_frame = next((k, v) for k, v in masks.items() if v[0] is not None)
-    per_frame[0]["size"] = [240, 320]
+    per_frame[0] = _rle(np.ones((240, 320), dtype=np.uint8))  # a well-formed RLE of another frame size
     mask_path.write_text(json.dumps(masks))
     dataset = MeViSDataset(broken_root, "valid_u", image_size=32)
     index = next(i for i, e in enumerate(dataset.expressions) if int(anno_id) in e.anno_ids)
     with pytest.raises(DatasetError, match=r"RLE size \[240, 320\] disagrees with the frame size \[120, 160\]") as error:
         dataset[index]
     assert "mask_dict.json" in str(error.value) and f"anno_id {anno_id}" in str(error.value)
+
+
+def test_rle_counts_of_another_size_are_refused(broken_root):
+    """The right ``size`` with the counts of a 60x80 mask: pycocotools would decode it
+    without a word (the mask shifted and wrapped); it is refused, naming where it is."""
+    mask_path = broken_root / "valid_u" / "mask_dict.json"
+    masks = json.loads(mask_path.read_text())
+    anno_id, per_frame = next((k, v) for k, v in masks.items() if v[2] is not None)
+    small = np.zeros((60, 80), dtype=np.uint8)
+    small[10:30, 20:50] = 1
+    per_frame[2] = {"size": [120, 160], "counts": _rle(small)["counts"]}
+    mask_path.write_text(json.dumps(masks))
+    dataset = MeViSDataset(broken_root, "valid_u", image_size=32)
+    index = next(i for i, e in enumerate(dataset.expressions) if int(anno_id) in e.anno_ids)
+    with pytest.raises(DatasetError, match=r"RLE counts cover 4800 pixels, its size \[120, 160\] has 19200") as error:
+        dataset[index]
+    assert str(mask_path) in str(error.value) and f"anno_id {anno_id}, frame '00002'" in str(error.value)
+
+
+def test_rle_runs_match_pycocotools():
+    """Our reading of the compressed counts adds up to the mask and alternates as it does."""
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        height, width = rng.integers(1, 60, 2)
+        mask = (rng.random((height, width)) < rng.random()).astype(np.uint8) * (trial % 5 != 0)
+        runs = rle_runs(_rle(mask)["counts"].encode())
+        assert sum(runs) == height * width
+        values = np.repeat(np.arange(len(runs)) % 2, runs)
+        np.testing.assert_array_equal(values, mask.flatten(order="F"))
+    assert rle_runs(b"0") == [0] and rle_runs(b"1" + bytes([48 + 0x20])) is None  # cut off mid-run
+
+
+def test_expression_without_anno_id_in_a_split_with_masks_is_refused(broken_root):
+    """Without anno_id the expression would silently count as having no target."""
+    meta_path = broken_root / "valid_u" / "meta_expressions.json"
+    meta = json.loads(meta_path.read_text())
+    video = next(iter(meta["videos"]))
+    del meta["videos"][video]["expressions"]["0"]["anno_id"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match=f"video '{video}' expression '0': no 'anno_id'"):
+        MeViSDataset(broken_root, "valid_u", image_size=32)
+
+
+def _rle(mask: np.ndarray) -> dict:
+    encoded = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": list(encoded["size"]), "counts": encoded["counts"].decode()}
 
 
 def test_empty_expression_names_video_and_id(broken_root):

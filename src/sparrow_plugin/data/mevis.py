@@ -1,6 +1,6 @@
 """MeViS-layout referring video segmentation data (MeViS, ReVOS, LV-VIS, our synthetic set).
 
-Reads the layout of ``shared/specs/datasets.md`` as shipped::
+Reads the MeViS layout as shipped (``docs/data_formats.md``)::
 
     <root>/<split>/JPEGImages/<video>/<frame>.jpg
     <root>/<split>/meta_expressions.json
@@ -32,7 +32,7 @@ from sparrow_plugin.errors import DatasetError
 from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.interfaces import FrameRequest
 
-__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json"]
+__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json", "rle_runs"]
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,9 @@ class MeViSDataset(Dataset):
         text = normalize_expression(str(raw.get("exp") or ""))
         if not text:
             raise DatasetError(self.meta_path, f"{where}: empty expression text")
+        if self.mask_dict is not None and "anno_id" not in raw:
+            # without it the expression would silently count as "no target"
+            raise DatasetError(self.meta_path, f"{where}: no 'anno_id' (the annotations it refers to; [] for an expression with no target)")
         anno_ids, obj_ids = _int_list(raw.get("anno_id", [])), _int_list(raw.get("obj_id", []))
         if anno_ids is None or obj_ids is None:
             raise DatasetError(self.meta_path, f"{where}: anno_id and obj_id must be integers, got {raw!r}")
@@ -307,11 +310,7 @@ class MeViSDataset(Dataset):
     def decode_rle(self, rle, anno_id: int, frame_name: str, size) -> np.ndarray:
         """A mask_dict entry as (H, W) bool, checked against the frame size."""
         where = f"anno_id {anno_id}, frame {frame_name!r}"
-        rle = self._checked_rle(rle, where)
-        if list(rle["size"]) != list(size):
-            raise DatasetError(
-                self.mask_path, f"{where}: RLE size {list(rle['size'])} disagrees with the frame size {list(size)}"
-            )
+        rle = self._checked_rle(rle, where, frame_size=size)
         try:
             decoded = mask_utils.decode(rle)
         except Exception as error:  # pycocotools raises bare exceptions for malformed counts
@@ -327,12 +326,29 @@ class MeViSDataset(Dataset):
         except Exception as error:  # pycocotools raises bare exceptions for malformed counts
             raise DatasetError(self.mask_path, f"{where}: RLE does not decode ({error})") from None
 
-    def _checked_rle(self, rle, where: str) -> dict:
-        """A mask_dict entry as pycocotools reads it (byte counts)."""
+    def _checked_rle(self, rle, where: str, frame_size=None) -> dict:
+        """A mask_dict entry as pycocotools reads it (byte counts), checked to be of the
+        frame's size (when given) and to cover exactly its ``size``: pycocotools decodes runs
+        that add up to more or fewer pixels without a word (an RLE of a smaller frame would
+        load as a shifted, wrapped mask)."""
         if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
             raise DatasetError(self.mask_path, f"{where}: expected a COCO RLE {{'size': [H, W], 'counts': ...}} or null")
-        counts = rle["counts"]
-        return {"size": list(rle["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
+        counts, size = rle["counts"], rle["size"]
+        counts = counts.encode() if isinstance(counts, str) else counts
+        if not isinstance(counts, bytes):
+            raise DatasetError(self.mask_path, f"{where}: RLE counts must be a compressed COCO string, got {type(counts).__name__}")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise DatasetError(self.mask_path, f"{where}: RLE size must be [H, W], got {size!r}")
+        if frame_size is not None and list(size) != list(frame_size):
+            raise DatasetError(self.mask_path, f"{where}: RLE size {list(size)} disagrees with the frame size {list(frame_size)}")
+        runs = rle_runs(counts)
+        if runs is None:
+            raise DatasetError(self.mask_path, f"{where}: RLE counts are not a valid COCO RLE string")
+        if sum(runs) != size[0] * size[1]:
+            raise DatasetError(
+                self.mask_path, f"{where}: RLE counts cover {sum(runs)} pixels, its size {list(size)} has {size[0] * size[1]}"
+            )
+        return {"size": list(size), "counts": counts}
 
 
 class MeViSObjectDataset(MeViSDataset):
@@ -361,6 +377,33 @@ class MeViSObjectDataset(MeViSDataset):
 
     def __getitem__(self, index: int) -> dict:
         return self._load(self.objects[index], index)
+
+
+def rle_runs(counts: bytes) -> list[int] | None:
+    """The run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``: 5
+    bits per character, a continuation bit, runs after the second stored as differences),
+    or None when the string is malformed (cut off mid-run, a negative run)."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value = shift = 0
+        more = True
+        while more:
+            if position >= len(counts):
+                return None
+            char = counts[position] - 48
+            value |= (char & 0x1F) << shift
+            more = bool(char & 0x20)
+            position += 1
+            shift += 5
+            if not more and char & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return None
+        runs.append(value)
+    return runs
 
 
 def normalised_boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -32,12 +32,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+
+from sparrow_plugin.errors import ConfigError, DatasetError
 
 __all__ = [
     "COLOURS",
@@ -75,6 +78,7 @@ MOTION_PHRASES = {
 }
 RELATIONS = ("above", "below", "left of", "right of")
 EXPRESSION_KINDS = ("appearance", "motion", "spatial", "multi", "no_target")
+SPLITS = ("train", "valid_u")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars"}
 NUMBER_WORDS = {2: "two", 3: "three"}
 
@@ -101,11 +105,14 @@ class SyntheticConfig:
 
     def __post_init__(self):
         if self.width < 64 or self.height < 64:
-            raise ValueError(f"frames must be at least 64x64 pixels, got {self.width}x{self.height}")
+            raise ConfigError(f"frames must be at least 64x64 pixels, got {self.width}x{self.height}")
         if self.num_frames < 2:
-            raise ValueError(f"num_frames must be at least 2 (motion needs time), got {self.num_frames}")
+            raise ConfigError(f"num_frames must be at least 2 (motion needs time), got {self.num_frames}")
         if not 0 < self.speed[0] <= self.speed[1]:
-            raise ValueError(f"speed must be (min, max) with 0 < min <= max, got {self.speed}")
+            raise ConfigError(f"speed must be (min, max) with 0 < min <= max, got {self.speed}")
+        for name in ("train_videos", "valid_videos"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -132,14 +139,30 @@ class _Expression:
     targets: list[int]  # indices into the video's objects
 
 
-def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig | None = None) -> Path:
-    """Write the ``train`` and ``valid_u`` splits under ``root``; return ``root``."""
+def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig | None = None, overwrite: bool = False) -> Path:
+    """Write the ``train`` and ``valid_u`` splits under ``root``; return ``root``.
+
+    ``root`` must be absent or empty, so that the videos of an earlier benchmark never mix
+    with these; ``overwrite`` replaces the two splits of an earlier one (and nothing else).
+    Each split appears whole or not at all.
+    """
     config = config or SyntheticConfig()
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(root, "is a file; the synthetic benchmark needs a folder")
+    if root.is_dir() and any(root.iterdir()):
+        if not overwrite:
+            raise DatasetError(root, "folder is not empty; write the benchmark into a new folder, or pass --overwrite to replace its train and valid_u splits")
+        for split in SPLITS:
+            shutil.rmtree(root / split, ignore_errors=True)
     # Independent streams per split: valid_u does not change when train grows.
-    for split, num_videos, stream in (("train", config.train_videos, 0), ("valid_u", config.valid_videos, 1)):
+    for split, num_videos, stream in zip(SPLITS, (config.train_videos, config.valid_videos), (0, 1)):
         rng = np.random.default_rng([seed, stream])
-        _write_split(root / split, split, num_videos, rng, config)
+        # written aside and moved into place whole: a split that is there is complete
+        partial = root / f".{split}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        _write_split(partial, split, num_videos, rng, config)
+        partial.rename(root / split)
     return root
 
 
