@@ -5,6 +5,7 @@ them to and the grounding stage reads them from, and the optimiser set-up."""
 from __future__ import annotations
 
 from sparrow_plugin.data.synthetic import COLOURS, SHAPES
+from sparrow_plugin.schedules import fit_to_trainer
 
 _ANY_COLOUR, _ANY_SHAPE = len(COLOURS) + len(SHAPES), len(COLOURS) + len(SHAPES) + 1
 ATTRIBUTE_PROMPTS_FILE = "attribute_prompts.safetensors"
@@ -15,4 +16,6 @@ def _optimizers(module, parameters):
     optimizer = module.optimizer_factory(parameters)
     if module.scheduler_factory is None:
         return optimizer
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": module.scheduler_factory(optimizer), "interval": "step"}}
+    scheduler = module.scheduler_factory(optimizer)
+    fit_to_trainer(scheduler, module._trainer)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
