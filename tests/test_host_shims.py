@@ -11,7 +11,7 @@ import torch
 from sparrow_plugin import SparrowWrapper
 from sparrow_plugin.cli import main, run
 from sparrow_plugin.data.mevis import MeViSDataset
-from sparrow_plugin.errors import CheckpointError, ConfigError
+from sparrow_plugin.errors import CheckpointError
 from sparrow_plugin.hosts.release import read_release_weights
 from sparrow_plugin.interfaces import HostAdapter
 
@@ -155,7 +155,7 @@ def test_videoglamm_temporal_tower_must_be_named(tmp_path, vocabulary):
     release = write_tiny_release(tmp_path / "release", vocabulary)
     config = (release / "config.json").read_text().replace('"baselines.videoglamm.towers.FrameViTTower"', "null")
     (release / "config.json").write_text(config)
-    with pytest.raises(ConfigError, match=r"InternVideo2-Stage2-1B\) is not bundled"):
+    with pytest.raises(CheckpointError, match=r"host_args.temporal_tower: the temporal tower's module class, not bundled"):
         VideoGLaMM.from_pretrained(release)
 
 

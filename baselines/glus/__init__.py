@@ -6,4 +6,4 @@ from sparrow_plugin.registry import register_host
 
 __all__ = ["GLUS", "GLUSConfig"]
 
-register_host("glus", GLUS.from_pretrained)
+register_host("glus", GLUS.from_pretrained, check=GLUS.missing_downloads)

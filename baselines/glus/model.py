@@ -35,6 +35,7 @@ from sparrow_plugin.frames import square_size
 from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, requested_frames, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
+    absent_paths,
     load_release,
     read_release_config,
     read_release_tokenizer,
@@ -53,6 +54,7 @@ CONTEXT_NOTE = "\nPlease finished the following tasks on the context frames abov
 QUESTION = "\nCan you segment the {query} in this frame? ASSISTANT:"
 END = "</s>"
 _CLIP_DOWNLOAD = "openai/clip-vit-large-patch14 from Hugging Face (config.json 'vision_tower', or host_args.clip_path)"
+_RELEASE_DOWNLOAD = "the GLUS-S or GLUS-A release folder from Hugging Face, with its config.json"
 
 RELEASE_KEYS = KeyMap(
     renames=(
@@ -94,16 +96,26 @@ class GLUS(CausalLMHost):
             sam2_config: SAM2 config of ``model.visual_model`` (default: SAM 2.0 Hiera-L).
         """
         path = Path(path)
-        require_downloads("GLUS", [(path, "the GLUS-S or GLUS-A release folder from Hugging Face"), (clip_path, _CLIP_DOWNLOAD)])
+        require_downloads("GLUS", cls.missing_downloads(path, clip_path))
         config = GLUSConfig.from_release(read_release_config(path))
         if sam2_config:
             config.sam2_config = sam2_config
         clip_folder = resolve_path(path, clip_path or config.vision_tower)
-        require_downloads("GLUS", [(clip_folder, _CLIP_DOWNLOAD)])
         host = cls(config, read_release_tokenizer(path), CLIPVisionModel.from_pretrained(clip_folder))
         parts = load_release(host, read_release_weights(path), RELEASE_KEYS, path, optional=(r"^vision_tower\.",))
         host._sam2_state = parts["sam2"]
         return host
+
+    @classmethod
+    def missing_downloads(cls, path: str | Path, clip_path: str | Path | None = None, sam2_config: str | None = None) -> list[str]:
+        """What :meth:`from_pretrained` would miss with these arguments, loading nothing: the
+        release and CLIP (where its config.json puts it, or the default while it is absent)."""
+        path = Path(path)
+        has_release = (path / "config.json").is_file()
+        # the dataclass's class attribute is its default: where CLIP goes while the release is absent
+        config = GLUSConfig.from_release(read_release_config(path)) if has_release else GLUSConfig
+        clip_folder = resolve_path(path, clip_path or config.vision_tower)
+        return absent_paths([(path if not has_release else None, _RELEASE_DOWNLOAD), (clip_folder, _CLIP_DOWNLOAD)])
 
     def adapter_modules(self) -> list[nn.Module]:
         return [self.mm_projector]

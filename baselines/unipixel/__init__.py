@@ -6,4 +6,4 @@ from sparrow_plugin.registry import register_host
 
 __all__ = ["UniPixel", "UniPixelConfig"]
 
-register_host("unipixel", UniPixel.from_pretrained)
+register_host("unipixel", UniPixel.from_pretrained, check=UniPixel.missing_downloads)

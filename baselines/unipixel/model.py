@@ -37,6 +37,7 @@ from sparrow_plugin.hosts.causal_lm import finish_generation, pad_rows, requeste
 from sparrow_plugin.hosts.generation import greedy_generate
 from sparrow_plugin.hosts.release import (
     KeyMap,
+    absent_paths,
     load_release,
     read_release_config,
     read_release_tokenizer,
@@ -50,6 +51,7 @@ __all__ = ["UniPixel", "RELEASE_KEYS", "video_patches", "smart_resize", "mrope_p
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
 AFTER_VIDEO = "<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"
 END = "<|im_end|>"
+_RELEASE_DOWNLOAD = "the PolyU-ChenLab/UniPixel-3B (or -7B) release folder from Hugging Face, with its config.json"
 
 RELEASE_KEYS = KeyMap(
     renames=(
@@ -111,7 +113,7 @@ class UniPixel(nn.Module):
     def from_pretrained(cls, path: str | Path, sam2_image_size: int | None = None) -> "UniPixel":
         """Load a release folder (UniPixel-3B / 7B) strictly; SAM2 comes from its ``sam2.*`` keys."""
         path = Path(path)
-        require_downloads("UniPixel", [(path, "the PolyU-ChenLab/UniPixel-3B (or -7B) release folder from Hugging Face")])
+        require_downloads("UniPixel", cls.missing_downloads(path))
         config = UniPixelConfig.from_release(read_release_config(path))
         if sam2_image_size:
             config.sam2_image_size = sam2_image_size
@@ -121,6 +123,12 @@ class UniPixel(nn.Module):
         host.qwen.tie_weights()
         host._sam2_state = parts["sam2"]
         return host
+
+    @classmethod
+    def missing_downloads(cls, path: str | Path, sam2_image_size: int | None = None) -> list[str]:
+        """What :meth:`from_pretrained` would miss, loading nothing: the release (SAM2 is in it)."""
+        path = Path(path)
+        return absent_paths([(path if not (path / "config.json").is_file() else None, _RELEASE_DOWNLOAD)])
 
     # ------------------------------------------------------------------ contract
 

@@ -6,4 +6,4 @@ from sparrow_plugin.registry import register_host
 
 __all__ = ["VideoGLaMM", "VideoGLaMMConfig"]
 
-register_host("videoglamm", VideoGLaMM.from_pretrained)
+register_host("videoglamm", VideoGLaMM.from_pretrained, check=VideoGLaMM.missing_downloads)

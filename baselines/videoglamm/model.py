@@ -40,6 +40,7 @@ from sparrow_plugin.frames import resize_frames, square_size, uniform_frames
 from sparrow_plugin.hosts.causal_lm import CausalLMHost, assemble_inputs, requested_frames, tsf_placeholders
 from sparrow_plugin.hosts.release import (
     KeyMap,
+    absent_paths,
     load_release,
     read_release_config,
     read_release_tokenizer,
@@ -54,7 +55,12 @@ SYSTEM = "<|system|>\nYou are a helpful AI assistant.<|end|>\n<|user|>\n"
 QUESTION = "\n{question}<|end|>\n<|assistant|>\n"
 END = "<|end|>"
 _CLIP_DOWNLOAD = "openai/clip-vit-large-patch14-336 from Hugging Face (config.json 'image_mm_vision_tower', or host_args.clip_path)"
-_TOWER_DOWNLOAD = "OpenGVLab/InternVideo2-Stage2_1B-224p-f4's checkpoint (config.json 'mm_vision_tower')"
+_TOWER_DOWNLOAD = "OpenGVLab/InternVideo2-Stage2_1B-224p-f4's checkpoint (config.json 'mm_vision_tower', in the release folder or from here)"
+_RELEASE_DOWNLOAD = "the VideoGLaMM release folder, with its config.json (model links at github.com/mbzuai-oryx/VideoGLaMM)"
+_TOWER_CLASS = (
+    "the temporal tower's module class, not bundled (InternVideo2's research code): name a package.module.Class with "
+    "from_checkpoint(path, width), see baselines/videoglamm/towers.py, or set 'temporal_tower_class' in the release's config.json"
+)
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 RELEASE_KEYS = KeyMap(
@@ -122,14 +128,12 @@ class VideoGLaMM(CausalLMHost):
             sam2_config: SAM2 config of ``model.visual_model`` (default: SAM 2.0 Hiera-L).
         """
         path = Path(path)
-        release = "the VideoGLaMM release folder (model links at github.com/mbzuai-oryx/VideoGLaMM)"
-        require_downloads("VideoGLaMM", [(path, release), (clip_path, _CLIP_DOWNLOAD)])
+        require_downloads("VideoGLaMM", cls.missing_downloads(path, clip_path, temporal_tower))
         config = VideoGLaMMConfig.from_release(read_release_config(path))
         if sam2_config:
             config.sam2_config = sam2_config
         clip_folder = resolve_path(path, clip_path or config.image_mm_vision_tower)
         tower_checkpoint = resolve_path(path, config.mm_vision_tower)
-        require_downloads("VideoGLaMM", [(clip_folder, _CLIP_DOWNLOAD), (tower_checkpoint, _TOWER_DOWNLOAD)])
         spatial_tower = CLIPVisionModel.from_pretrained(clip_folder)
         tower = load_temporal_tower(
             temporal_tower if temporal_tower is not None else config.temporal_tower_class, str(tower_checkpoint), config.mm_hidden_size
@@ -140,6 +144,24 @@ class VideoGLaMM(CausalLMHost):
         )
         host._sam2_state = parts["sam2"]
         return host
+
+    @classmethod
+    def missing_downloads(
+        cls, path: str | Path, clip_path: str | Path | None = None, temporal_tower: str | nn.Module | None = None, sam2_config: str | None = None
+    ) -> list[str]:
+        """What :meth:`from_pretrained` would miss with these arguments, loading nothing: the
+        release, CLIP, the InternVideo2 checkpoint (where the release's config.json puts them,
+        or its defaults while the release is absent) and a temporal tower class."""
+        path = Path(path)
+        has_release = (path / "config.json").is_file()
+        config = VideoGLaMMConfig.from_release(read_release_config(path)) if has_release else None
+        located = config or VideoGLaMMConfig  # the dataclass's class attributes are its defaults
+        clip_folder = resolve_path(path, clip_path or located.image_mm_vision_tower)
+        tower_checkpoint = resolve_path(path, located.mm_vision_tower)
+        missing = absent_paths([(path if not has_release else None, _RELEASE_DOWNLOAD), (clip_folder, _CLIP_DOWNLOAD), (tower_checkpoint, _TOWER_DOWNLOAD)])
+        if temporal_tower is None and (config is None or config.temporal_tower_class is None):
+            missing.append(f"host_args.temporal_tower: {_TOWER_CLASS}")
+        return missing
 
     # ------------------------------------------------------------------ contract
 

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Literal
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Literal
 
 from sparrow_plugin.errors import ConfigError
 
-__all__ = ["LoraSettings", "LossWeights", "DecoderSettings", "SparrowConfig", "PARAMETER_GROUPS", "check_mask_supervision"]
+__all__ = [
+    "LoraSettings",
+    "LossWeights",
+    "DecoderSettings",
+    "SparrowConfig",
+    "PARAMETER_GROUPS",
+    "check_mask_supervision",
+    "flat_settings",
+    "closest_name",
+]
 
 # What can train, by name; ``SparrowConfig.lr_scale`` and the optimizer groups use these.
 PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder")
+
+# Settings that define the trained weights (their shapes, or the function they compute):
+# a checkpoint trained with other values is refused. Every other setting may differ
+# between the run that trained a checkpoint and the run that reads it (the recipe's apply).
+_DEFINES_MODEL = {"defines_model": True}
 
 
 @dataclass
@@ -24,10 +39,10 @@ class LoraSettings:
         targets: module-name suffixes to wrap; None uses the host's defaults.
     """
 
-    rank: int = 8
-    alpha: int = 16
+    rank: int = field(default=8, metadata=_DEFINES_MODEL)
+    alpha: int = field(default=16, metadata=_DEFINES_MODEL)
     dropout: float = 0.05
-    targets: list[str] | None = None
+    targets: list[str] | None = field(default=None, metadata=_DEFINES_MODEL)
 
     def __post_init__(self):
         if self.rank < 1:
@@ -86,7 +101,7 @@ class DecoderSettings:
     cond_frame: Literal["first"] | int = "first"
     train_mask_decoder: bool = False
     train_frames: int | None = None
-    prompt_tokens: int = 1
+    prompt_tokens: int = field(default=1, metadata=_DEFINES_MODEL)
     gate_masks_in_training: bool | None = None
 
     def __post_init__(self):
@@ -115,7 +130,7 @@ class SparrowConfig:
             MeViS has one kind, ``all``).
     """
 
-    stage: int = 1
+    stage: int = field(default=1, metadata=_DEFINES_MODEL)
     lora: LoraSettings = field(default_factory=LoraSettings)
     loss: LossWeights = field(default_factory=LossWeights)
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
@@ -126,12 +141,9 @@ class SparrowConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SparrowConfig":
-        """Rebuild from plain data (a checkpoint's hyper-parameters, a parsed YAML)."""
-        nested = {"lora": LoraSettings, "loss": LossWeights, "decoder": DecoderSettings}
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown SparrowConfig fields {unknown}")
-        return cls(**{k: nested[k](**v) if k in nested and isinstance(v, dict) else v for k, v in values.items()})
+        """Rebuild from plain data (a checkpoint's hyper-parameters, a parsed YAML); an
+        unknown key at any depth is a ConfigError naming it and the closest known key."""
+        return _from_dict(cls, values, "config")
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -152,3 +164,43 @@ def check_mask_supervision(gated: bool | None, presence: float | None, source: s
             f"{source} sets decoder.gate_masks_in_training true with loss.presence 0: samples SAM2 scores "
             "absent would train on a constant; set loss.presence > 0 or gate_masks_in_training false"
         )
+
+
+def _from_dict(settings_class: type, values, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping of {settings_class.__name__} fields, got {values!r}")
+    known = {f.name: f for f in fields(settings_class)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}.{key} is not a setting{_did_you_mean(key, known)}; known: {', '.join(known)}")
+    nested = {name: f.default_factory for name, f in known.items() if is_dataclass(f.default_factory)}
+    return settings_class(
+        **{
+            key: _from_dict(nested[key], value, f"{where}.{key}") if key in nested and not isinstance(value, nested[key]) else value
+            for key, value in values.items()
+        }
+    )
+
+
+def closest_name(name: str, candidates) -> str | None:
+    """The candidate a mistyped ``name`` most likely meant (``mdoe`` -> ``mode``), or None."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def _did_you_mean(name: str, candidates) -> str:
+    closest = closest_name(name, candidates)
+    return f" (did you mean {closest!r}?)" if closest else ""
+
+
+def flat_settings(settings: Any, only_model: bool = False, prefix: str = "") -> dict[str, Any]:
+    """A settings dataclass as ``{"lora.rank": 8, ...}``; ``only_model``: just the settings
+    that define the trained weights (a checkpoint must agree on them)."""
+    flat = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if is_dataclass(value):
+            flat.update(flat_settings(value, only_model, f"{prefix}{f.name}."))
+        elif not only_model or f.metadata.get("defines_model"):
+            flat[f"{prefix}{f.name}"] = list(value) if isinstance(value, tuple) else value
+    return flat

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
-from sparrow_plugin.errors import DatasetError
+from sparrow_plugin.errors import DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
 
 __all__ = ["ReferringVideoDataModule"]
@@ -56,6 +58,29 @@ class ReferringVideoDataModule(L.LightningDataModule):
         self.root = Path(root)
         self.frame_request: FrameRequest | None = None
         self._datasets: dict[tuple[str, str], MeViSDataset] = {}
+
+    @classmethod
+    def missing_inputs(cls, stage: str, init_args: Mapping[str, Any]) -> list[str]:
+        """The splits a ``stage`` (fit, validate, test, predict) reads that are not on disk,
+        as ``"<path>: <what>"``, reading nothing; the command line asks before anything loads."""
+        arguments = inspect.signature(cls).bind(**init_args)
+        arguments.apply_defaults()
+        hp = arguments.arguments
+        splits = {
+            "fit": [hp["train_split"], hp["val_split"]],
+            "validate": [hp["val_split"]],
+            "test": [hp["test_split"]],
+            "predict": [hp["predict_split"] or hp["test_split"]],
+        }[stage]
+        root = Path(hp["root"])
+        missing = []
+        for split in dict.fromkeys(splits):
+            absent = [name for name in ("meta_expressions.json", "JPEGImages/") if not (root / split / name).exists()]
+            if absent:
+                missing.append(f"{root / split}: the {split!r} split in the MeViS layout, without {' and '.join(absent)} (docs/data_formats.md)")
+        if stage == "test" and not missing and not (root / hp["test_split"] / "mask_dict.json").is_file():
+            missing.append(f"{root / hp['test_split'] / 'mask_dict.json'}: the masks `sparrow test` scores against (a split without them is scored by its benchmark server: write it with `sparrow predict`)")
+        return missing
 
     def set_frame_request(self, request: FrameRequest | None) -> None:
         """Read the host's LLM frames with every sample (see ``FrameRequest``)."""
@@ -106,13 +131,13 @@ class ReferringVideoDataModule(L.LightningDataModule):
                 "write its submission with `sparrow predict` (MeViS valid is scored by the benchmark server)",
             )
         for deviation in self.protocol_deviations():
-            warnings.warn(f"test results are not the benchmark's protocol: {deviation}")
+            warnings.warn(f"test results are not the benchmark's protocol: {deviation}", SparrowWarning)
         return self._loader(dataset, self.hparams.eval_batch_size, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         split = self.hparams.predict_split or self.hparams.test_split
         for deviation in self.protocol_deviations():
-            warnings.warn(f"predictions are no benchmark submission: {deviation}")
+            warnings.warn(f"predictions are no benchmark submission: {deviation}", SparrowWarning)
         return self._loader(self.dataset(split, "eval"), self.hparams.eval_batch_size, shuffle=False)
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, PretrainedConfig
 
 from sparrow_plugin.errors import CheckpointError
 
-__all__ = ["KeyMap", "read_release_weights", "load_release", "read_release_config", "read_release_tokenizer", "require_downloads"]
+__all__ = ["KeyMap", "read_release_weights", "load_release", "read_release_config", "read_release_tokenizer", "require_downloads", "absent_paths"]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
@@ -64,15 +64,20 @@ class KeyMap:
         return renamed, parts, unmatched
 
 
-def require_downloads(host: str, needed: Sequence[tuple[str | Path | None, str]]) -> None:
+def absent_paths(needed: Sequence[tuple[str | Path | None, str]]) -> list[str]:
+    """``"<path>: <what to put there>"`` for each needed path that does not exist (None
+    paths are skipped): what a host's ``missing_downloads`` returns."""
+    return [f"{path}: {what}" for path, what in needed if path is not None and not Path(path).exists()]
+
+
+def require_downloads(host: str, missing: Sequence[str]) -> None:
     """Stop before loading anything when files a host needs are absent, naming them all.
 
     Args:
-        needed: (path that must exist, what to download there); None paths are skipped.
+        missing: the host's ``missing_downloads(...)`` (see :func:`absent_paths`).
     """
-    absent = [f"  {path}: {what}" for path, what in needed if path is not None and not Path(path).exists()]
-    if absent:
-        raise CheckpointError(None, f"{host}: missing downloads (put them at these paths, or point host_args at yours):\n" + "\n".join(absent))
+    if missing:
+        raise CheckpointError(None, f"{host}: missing downloads (put them at these paths, or point host_args at yours):\n" + "\n".join(f"  {m}" for m in missing))
 
 
 def read_release_config(folder: str | Path) -> dict:

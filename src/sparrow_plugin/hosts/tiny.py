@@ -188,6 +188,12 @@ class TinyVideoLLM(CausalLMHost):
             raise CheckpointError(weights, "does not match the tiny host config", missing, unexpected)
         return host
 
+    @classmethod
+    def missing_downloads(cls, path: str | Path) -> list[str]:
+        """What :meth:`from_pretrained` would miss: the release folder ``make tiny-host`` writes."""
+        missing = [Path(path) / name for name in ("config.json", "model.safetensors") if not (Path(path) / name).is_file()]
+        return [f"{path}: the tiny host (run `make tiny-host`, or pass a folder written by save_pretrained)"] if missing else []
+
     def save_pretrained(self, path: str | Path, sam2_state: dict | None = None) -> None:
         """Write the release folder (see the module docstring)."""
         path = Path(path)
@@ -289,4 +295,4 @@ def _projector(width: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, hidden))
 
 
-register_host("tiny", TinyVideoLLM.from_pretrained)
+register_host("tiny", TinyVideoLLM.from_pretrained, check=TinyVideoLLM.missing_downloads)
