@@ -64,7 +64,6 @@ def fit_args(recipe: str, steps: int) -> list[str]:
     return [
         "fit", "--config", recipe, *TWO_RANKS,
         "--trainer.max_steps", str(steps),
-        "--model.init_args.lr_scheduler.init_args.total_steps", str(steps),
         "--model.init_args.lr_scheduler.init_args.warmup_steps", "1",
         "--trainer.limit_val_batches", "0",
         "--trainer.log_every_n_steps", "1",

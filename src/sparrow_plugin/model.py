@@ -13,15 +13,18 @@ decoder (without the heads no SPARROW loss reaches) are unfrozen.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from sparrow_plugin.config import PARAMETER_GROUPS, SparrowConfig, check_mask_supervision
+from sparrow_plugin.checkpoints import host_record, host_weight_digests
+from sparrow_plugin.config import PARAMETER_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
 from sparrow_plugin.decoder import SAM2VideoDecoder
-from sparrow_plugin.errors import ConfigError
+from sparrow_plugin.errors import ConfigError, SparrowWarning
 from sparrow_plugin.frames import resize_frames
 from sparrow_plugin.interfaces import Prediction, VideoBatch, VisualFeatures
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
@@ -43,15 +46,19 @@ class SparrowModel(nn.Module):
     def __init__(self, host: nn.Module, config: SparrowConfig | None = None):
         super().__init__()
         self.host, self.config = host, config or SparrowConfig()
+        spec = host.decoder_spec()
+        # the host as released, before anything is added to it: a checkpoint is only read
+        # into the host it was trained on (see checkpoints.py)
+        self.host_digests = host_weight_digests(host, spec.state_dict)
         names = host.grounding_token_names
         self.token_ids = host.add_tokens([names[role] for role in ("box", "seg", "tsf")])
         self.role_ids = {role: self.token_ids[names[role]] for role in ("box", "seg", "tsf")}
 
-        spec = host.decoder_spec()
         settings = self.config.decoder
         self.gate_masks_in_training = spec.gate_masks_in_training if settings.gate_masks_in_training is None else settings.gate_masks_in_training
         self.presence_weight = spec.presence_weight if self.config.loss.presence is None else self.config.loss.presence
         check_mask_supervision(self.gate_masks_in_training, self.presence_weight, source=f"{type(host).__name__} with this recipe")
+        self._reported_unknown_words: set[str] = set()
         self.decoder = SAM2VideoDecoder.from_spec(spec, mode=settings.mode)
         self.decoder.sam.gate_masks_in_training = self.gate_masks_in_training
         self.seg_adapter = host.seg_projection() or PromptProjection(host.hidden_size, self.decoder.prompt_dim, num_tokens=settings.prompt_tokens)
@@ -60,9 +67,20 @@ class SparrowModel(nn.Module):
 
     # ------------------------------------------------------------------ assembly
 
+    @property
+    def lora_targets(self) -> list[str]:
+        """The module-name suffixes LoRA wraps: the recipe's, or the host's defaults."""
+        return list(self.config.lora.targets or self.host.default_lora_targets)
+
+    def trained_record(self) -> dict:
+        """What defines this model's trained weights, flat: the host's class and config and
+        the SPARROW settings marked as defining the model (LoRA targets resolved)."""
+        settings = {f"config.{key}": value for key, value in flat_settings(self.config, only_model=True).items()}
+        return {**host_record(self.host), **settings, "config.lora.targets": self.lora_targets}
+
     def _inject_lora(self) -> None:
         settings = self.config.lora
-        targets = list(settings.targets or self.host.default_lora_targets)
+        targets = self.lora_targets
         lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets, bias="none")
         try:
             inject_adapter_in_model(lora, self.host.language_model)
@@ -115,6 +133,7 @@ class SparrowModel(nn.Module):
         """
         if batch.masks is None:
             raise ValueError("training needs a batch with masks")
+        self.warn_unknown_words(batch.queries)
         has_target = batch.has_target if batch.has_target is not None else batch.masks.flatten(1).any(dim=1)
         answers = [self._answer(bool(t) or self.config.no_target == "empty_mask") for t in has_target.tolist()]
         inputs = self.host.build_inputs(self.encode(batch), batch.queries, answers)
@@ -178,6 +197,7 @@ class SparrowModel(nn.Module):
         """Answer every sample (one LLM prefill each, cached decoding), then segment what
         each answer's [SEG] tokens refer to: one SAM2 object per [SEG], the expression's
         mask their union, at the original frame size."""
+        self.warn_unknown_words(batch.queries)
         prompt = self.host.build_inputs(self.encode(batch), batch.queries, None)
         generation = self.host.generate(prompt, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
@@ -220,6 +240,30 @@ class SparrowModel(nn.Module):
         return 0 if setting == "first" else setting % num_frames
 
     # ------------------------------------------------------------------ shared
+
+    def warn_unknown_words(self, queries: list[str]) -> None:
+        """Warn, once per word, about query words the host's tokenizer maps to its unknown
+        token: a word-level tokenizer (the tiny hosts') reads "the pink ball" as "the <unk>
+        <unk>" and would segment whatever that means to it."""
+        tokenizer = self.host.tokenizer
+        unknown_id = getattr(tokenizer, "unk_token_id", None)
+        if unknown_id is None or not getattr(tokenizer, "is_fast", False):  # offsets need a fast tokenizer
+            return
+        unknown: dict[str, set[str]] = {}  # query -> its unknown words, as written in it
+        for query in queries:
+            encoding = tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)
+            words = {query[start:end] for i, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]) if i == unknown_id}
+            if words - self._reported_unknown_words:
+                unknown[query] = words
+        new = sorted(set().union(*unknown.values()) - self._reported_unknown_words)
+        if new:
+            self._reported_unknown_words.update(new)
+            examples = list(unknown)[:3]
+            warnings.warn(
+                f"words the host's tokenizer does not know, read as {tokenizer.unk_token!r}: {', '.join(new)} "
+                f"(in {'; '.join(repr(q) for q in examples)}); answers to such queries mean little",
+                SparrowWarning,
+            )
 
     def encode(self, batch: VideoBatch) -> VisualFeatures:
         """The host's visual features of its own frames: those the data pipeline read for

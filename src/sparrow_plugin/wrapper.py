@@ -10,19 +10,24 @@ what trains; the frozen host is reloaded from its own release.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from sparrow_plugin.config import SparrowConfig
-from sparrow_plugin.errors import CheckpointError, ConfigError
+from sparrow_plugin.checkpoints import setting_differences, trained_as_another_model, weight_differences
+from sparrow_plugin.config import SparrowConfig, flat_settings
+from sparrow_plugin.errors import CheckpointError, ConfigError, SparrowWarning
 from sparrow_plugin.interfaces import HostAdapter, Prediction, VideoBatch
 from sparrow_plugin.metrics import MeViSMetric
 from sparrow_plugin.model import SparrowModel
-from sparrow_plugin.registry import get_host_factory
+from sparrow_plugin.registry import check_host_arguments, get_host_factory, missing_host_inputs
+from sparrow_plugin.schedules import fit_to_trainer
 
 __all__ = ["SparrowWrapper", "resolve_host"]
 
@@ -56,6 +61,13 @@ class SparrowWrapper(L.LightningModule):
         self.metrics = nn.ModuleDict({stage: MeViSMetric(config.kinds) for stage in ("val", "test")})
         self.test_results: dict[str, Any] = {}
         self.strict_loading = False  # checkpoints hold only what trains; checked in on_load_checkpoint
+
+    @classmethod
+    def missing_inputs(cls, stage: str, init_args: Mapping[str, Any]) -> list[str]:
+        """What a run with these init args would miss on disk (the host's downloads), loading
+        nothing; the command line asks before it builds anything."""
+        base = init_args.get("base")
+        return missing_host_inputs(base, dict(init_args.get("host_args") or {})) if isinstance(base, str) else []
 
     @property
     def config(self) -> SparrowConfig:
@@ -181,7 +193,9 @@ class SparrowWrapper(L.LightningModule):
             group["lr"] *= self.config.lr_scale.get(group["name"], 1.0)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        scheduler = self.scheduler_factory(optimizer)
+        fit_to_trainer(scheduler, self._trainer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -200,18 +214,64 @@ class SparrowWrapper(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         keys = self._checkpoint_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        checkpoint["sparrow"] = {"host": type(self.host).__qualname__, "token_ids": self.model.token_ids, "stage": self.config.stage}
+        checkpoint["sparrow"] = {
+            "host": type(self.host).__qualname__,
+            "token_ids": self.model.token_ids,
+            "stage": self.config.stage,
+            "trained": self._trained_record(),
+            "host_weights": self.model.host_digests,
+            "settings": flat_settings(self.config),
+        }
+        hyper_parameters = checkpoint.get("hyper_parameters", {})
+        if isinstance(hyper_parameters.get("config"), SparrowConfig):
+            hyper_parameters["config"] = asdict(hyper_parameters["config"])  # plain data: the file loads with weights_only
+        if isinstance(hyper_parameters.get("host_args"), dict):
+            # `--ckpt_settings checkpoint` rebuilds the host from these: from any working directory
+            hyper_parameters["host_args"] = {k: _absolute_if_path(v) for k, v in hyper_parameters["host_args"].items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("state_dict", {})
-        expected = self._checkpoint_keys()
-        unexpected = sorted(set(state) - set(self.state_dict()))
-        missing = sorted(expected - set(state))
+        """Refuse a checkpoint trained as another model (another host, other host weights,
+        other settings that define the weights, other token ids, other trained parameters);
+        warn about settings that differ and that this run's recipe decides."""
+        source = self._trainer.ckpt_path if self._trainer is not None else None
         meta = checkpoint.get("sparrow", {})
+        settings_changed = setting_differences(meta.get("settings", {}), flat_settings(self.config))
+        problems = setting_differences(meta.get("trained", {}), self._trained_record())
+        if "host_weights" in meta:
+            changed = weight_differences(meta["host_weights"], self.model.host_digests)
+            if changed:
+                shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+                problems.append(f"host weights: {len(changed)} of {len(self.model.host_digests)} tensors differ from the release it was trained on ({shown})")
         if meta.get("token_ids") not in (None, self.model.token_ids):
-            raise CheckpointError(None, f"checkpoint was trained with token ids {meta['token_ids']}, this host has {self.model.token_ids}")
-        if missing or unexpected:
-            raise CheckpointError(None, "checkpoint does not match this SPARROW model", missing, unexpected)
+            problems.append(f"token ids: {meta['token_ids']} in the checkpoint, {self.model.token_ids} here")
+        if problems:
+            raise CheckpointError(source, trained_as_another_model(problems))
+        state = checkpoint.get("state_dict", {})
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        missing = sorted(self._checkpoint_keys() - set(state))
+        wrong_shape = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here" for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if missing or unexpected or wrong_shape:
+            problem = "does not match this SPARROW model"
+            if wrong_shape:
+                problem += "; shapes differ: " + "; ".join(wrong_shape[:10])
+            if settings_changed:
+                problem += "; settings that differ, which may explain it: " + "; ".join(settings_changed)
+            raise CheckpointError(source, problem, missing, unexpected)
+        if settings_changed:
+            notice = f"{source or 'the checkpoint'} was trained with other settings; this run's apply: " + "; ".join(settings_changed)
+            rank_zero_warn(notice, category=SparrowWarning)
+
+    def _trained_record(self) -> dict:
+        """The model's record (see checkpoints.py) plus the registered host name it was built by,
+        which the command line compares before anything loads."""
+        base = self.hparams.get("base")
+        return {**({"base": base} if isinstance(base, str) else {}), **self.model.trained_record()}
+
+
+def _absolute_if_path(value):
+    """An existing relative path made absolute; anything else as it is."""
+    return str(Path(value).resolve()) if isinstance(value, str) and value and Path(value).exists() else value
 
 
 def _whole_split(limit: int | float) -> bool:
@@ -222,6 +282,7 @@ def _whole_split(limit: int | float) -> bool:
 def resolve_host(base: str | type | nn.Module, host_args: Mapping[str, Any]) -> nn.Module:
     """A host from a registered name, a class (``from_pretrained`` if it has one) or an instance."""
     if isinstance(base, str):
+        check_host_arguments(base, dict(host_args))
         host = get_host_factory(base)(**host_args)
     elif isinstance(base, type):
         factory = getattr(base, "from_pretrained", base)
