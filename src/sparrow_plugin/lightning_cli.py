@@ -37,6 +37,8 @@ from sparrow_plugin.cli import format_report
 from sparrow_plugin.config import SparrowConfig, flat_settings
 from sparrow_plugin.errors import CheckpointError, ConfigError, SparrowError, SparrowWarning
 from sparrow_plugin.recipes import check_settings, config_files, import_class
+from sparrow_plugin.registry import KNOWN_HOST_MODULES
+from sparrow_plugin.wrapper import SparrowWrapper
 
 __all__ = ["SparrowCLI", "SparrowArgumentParser", "CheckedCheckpointIO", "build_cli", "quiet_known_noise"]
 
@@ -241,7 +243,8 @@ def _check_checkpoint_fits(ckpt_path, checkpoint: dict, model) -> None:
     the recipe says it without building anything (the host's name, the settings that define
     the weights); the model checks the rest (host class, config and weights) when it loads."""
     stored = checkpoint.get("sparrow", {}).get("trained")
-    if not stored or model is None or not str(model.get("class_path", "")).endswith("SparrowWrapper"):
+    model_class = _class_of(model)
+    if not stored or model_class is None or not issubclass(model_class, SparrowWrapper):
         return
     init_args = model.init_args.as_dict()
     current = {"base": init_args.get("base")} if isinstance(init_args.get("base"), str) else {}
@@ -261,7 +264,7 @@ def _accelerator_problems(config, recipe_files) -> list[str]:
         return []
     where = ", ".join(map(str, recipe_files)) or "the command line"
     base = _model_base(config)
-    tiny = f"make train BASE={base} TINY=1, or " if base in ("videoglamm", "unipixel", "glus") else ""
+    tiny = f"make train BASE={base} TINY=1, or " if base in KNOWN_HOST_MODULES and base != "tiny" else ""
     return [
         f"{where}: trainer.accelerator is {accelerator!r}, and this machine has no CUDA GPU (torch.cuda.is_available() is False). "
         f"This recipe needs GPUs; its tiny form runs on a CPU: {tiny}add --config recipes/overlays/tiny_cpu.yaml "
