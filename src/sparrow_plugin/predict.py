@@ -1,7 +1,7 @@
 """Writing predictions: benchmark submission PNGs and overlays to look at.
 
-``sparrow predict --config recipe.yaml --trainer.callbacks+=sparrow_plugin.predict.MaskWriter
---trainer.callbacks.init_args.output_dir out/`` writes, per expression::
+``sparrow predict --config recipe.yaml --output_dir out/`` (a MaskWriter the command adds;
+a recipe may name its own in ``trainer.callbacks`` instead) writes, per expression::
 
     out/<video>/<exp_id>/<frame>.png      0/255 masks at the original size (the MeViS and
                                           Ref-YouTube-VOS submission layout)
