@@ -40,11 +40,15 @@ class KeyMap:
             removed) and returned by part, e.g. the SAM2 weights for the decoder.
         ignore: regular expressions of keys the reference does not load either (each use
             says why in the shim).
+        substitutions: ``(regular expression, replacement)`` pairs applied, in order, to
+            every renamed key: module names the release's library version spelled
+            otherwise (transformers 4.41's ``layers.0.fc1`` is 5.x's ``layers.0.mlp.fc1``).
     """
 
     renames: tuple[tuple[str, str], ...]
     split: tuple[tuple[str, str], ...] = ()
     ignore: tuple[str, ...] = field(default_factory=tuple)
+    substitutions: tuple[tuple[str, str], ...] = ()
 
     def apply(self, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict[str, dict], list[str]]:
         """Returns (renamed state for the module, split parts, unmatched release keys)."""
@@ -60,7 +64,10 @@ class KeyMap:
             if rule is None:
                 unmatched.append(key)
                 continue
-            renamed[rule[1] + key[len(rule[0]) :]] = value
+            name = rule[1] + key[len(rule[0]) :]
+            for pattern, replacement in self.substitutions:
+                name = re.sub(pattern, replacement, name)
+            renamed[name] = value
         return renamed, parts, unmatched
 
 
