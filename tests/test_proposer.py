@@ -83,7 +83,7 @@ def test_the_loss_falls_on_a_tiny_overfit():
         optimizer.step()
         first = first if first is not None else float(losses["loss"].detach())
     assert {"loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_giou_enc"} <= set(losses)
-    assert float(losses["loss"]) < first / 4
+    assert float(losses["loss"].detach()) < first / 4
     best = proposer.propose(maps, top_k=5).boxes[1]
     target = box_convert(targets[1], "cxcywh", "xyxy")
     assert float(generalized_box_iou(best, target).max()) > 0.7

@@ -23,7 +23,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from sam2.modeling.sam2_utils import LayerNorm2d
 from torch import nn
 from torchvision.ops import box_convert
