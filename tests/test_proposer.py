@@ -154,3 +154,63 @@ def test_a_release_of_another_architecture_is_refused(tmp_path):
     (release / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="expected the authors' proposer"):
         load_proposer_release(release)
+
+
+# ----------------------------------------------------------------------------- box data and pre-training
+
+
+def _coco(tmp_path, boxes_per_image, size=(40, 60), crowd=()):
+    """A COCO-format file of blank images with the given [x, y, w, h] boxes."""
+    from PIL import Image
+
+    images, annotations = [], []
+    for image_id, boxes in enumerate(boxes_per_image, start=1):
+        name = f"{image_id:03d}.jpg"
+        Image.new("RGB", (size[1], size[0])).save(tmp_path / name)
+        images.append({"id": image_id, "file_name": name, "width": size[1], "height": size[0]})
+        for box in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "bbox": box, "area": box[2] * box[3],
+                                "iscrowd": int(len(annotations) in crowd)})
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}))
+    return path
+
+
+def test_box_data_reads_coco_boxes_class_agnostic_and_skips_crowd_and_slivers(tmp_path):
+    from sparrow_plugin.data.boxes import BoxSource, CocoBoxes
+
+    path = _coco(tmp_path, [[[6, 4, 30, 20], [0, 0, 1, 30], [10, 10, 5, 5]]], crowd=(2,))
+    item = CocoBoxes(BoxSource(str(path)), image_size=32, train=False)[0]
+    assert item["image"].shape == (3, 32, 32) and item["head"] == "coco"
+    torch.testing.assert_close(item["boxes"], torch.tensor([[21 / 60, 14 / 40, 30 / 60, 20 / 40]]))  # the sliver and the crowd box left out
+
+
+def test_batches_hold_one_source_and_follow_the_weights(tmp_path):
+    from sparrow_plugin.data.boxes import SourceBatchSampler
+
+    sampler = SourceBatchSampler([10, 7], [1.0, 2.0], batch_size=4, seed=0)
+    batches = list(sampler)
+    assert all(max(b) < 10 or min(b) >= 10 for b in batches)  # one source each
+    assert sum(min(b) >= 10 for b in batches) == 3 and sum(max(b) < 10 for b in batches) == 2  # 14 -> 12 of the second, 10 -> 8 of the first
+    sampler.set_epoch(1)
+    assert list(sampler) != batches
+    evaluation = SourceBatchSampler([10, 7], [1.0, 1.0], batch_size=4, shuffle=False)
+    assert sorted(i for b in evaluation for i in b) == list(range(17))  # every image once
+
+
+def test_the_proposer_pretrains_through_the_cli_and_writes_a_release(tmp_path, synthetic_root):
+    from sparrow_plugin.cli import run
+
+    from .test_cli import _recipe
+
+    recipe = _recipe("tiny/proposer.yaml", tmp_path, synthetic_root, tmp_path / "unused", substitute={
+        r"sam2_weights: \S+": "sam2_weights: null",
+        r"d_model: 64, encoder_layers: 2, decoder_layers: 3": "d_model: 32, encoder_layers: 1, decoder_layers: 2",
+        r"num_queries: 50": "num_queries: 20",
+    })
+    cli = run(["fit", "--config", recipe, "--trainer.max_steps", "3", "--trainer.val_check_interval", "3", "--data.init_args.batch_size", "4",
+               "--model.init_args.lr_scheduler.init_args.warmup_steps", "1"])
+    metrics = cli.trainer.callback_metrics
+    assert {"val/AR@10", "val/AR@100", "val/AR@300"} <= set(metrics) and 0 <= float(metrics["val/AR@10"]) <= 1
+    release = load_proposer_release(tmp_path / "outputs" / "proposer" / "release", image_size=128)
+    torch.testing.assert_close(release.proposer.state_dict()["transformer.level_embed"], cli.model.proposer.transformer.level_embed.detach())

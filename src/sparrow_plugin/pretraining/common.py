@@ -13,7 +13,11 @@ _COLOUR_NAMES = list(COLOURS)
 
 
 def _optimizers(module, parameters):
+    """The module's optimizer over ``parameters`` (or parameter groups: a group's optional
+    ``lr_scale`` multiplies its learning rate), and its step-wise schedule if it has one."""
     optimizer = module.optimizer_factory(parameters)
+    for group in optimizer.param_groups:
+        group["lr"] *= group.get("lr_scale", 1.0)
     if module.scheduler_factory is None:
         return optimizer
     scheduler = module.scheduler_factory(optimizer)
