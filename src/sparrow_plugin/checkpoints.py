@@ -35,7 +35,7 @@ from torch import nn
 
 from sparrow_plugin.errors import CheckpointError
 
-__all__ = ["read_checkpoint", "host_record", "host_weight_digests", "setting_differences", "trained_as_another_model", "weight_differences"]
+__all__ = ["read_checkpoint", "host_record", "host_weight_digests", "weight_digests", "setting_differences", "trained_as_another_model", "weight_differences"]
 
 _ZIP_MAGIC, _PICKLE_MAGIC = b"PK", b"\x80\x02"  # torch.save's zip archive; its legacy pickle format
 _DIGEST_SAMPLES = 256  # values sampled per tensor: enough to tell two releases apart, cheap for 8B hosts
@@ -82,11 +82,16 @@ def host_record(host: nn.Module) -> dict[str, Any]:
 
 
 def host_weight_digests(host: nn.Module, sam2_state: Mapping[str, torch.Tensor] | None = None) -> dict[str, str]:
-    """Per tensor of the host (and its SAM2 release weights), a digest of its shape and of
-    a strided sample of its values rounded to bf16, so that a host loaded in bf16 or fp32
-    gives the same digests. Take it before anything is added to the host."""
+    """:func:`weight_digests` of a host and its SAM2 release weights (``sam2.`` keys). Take
+    it before anything is added to the host."""
     tensors = dict(host.state_dict())
     tensors.update({f"sam2.{key}": value for key, value in (sam2_state or {}).items()})
+    return weight_digests(tensors)
+
+
+def weight_digests(tensors: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Per floating-point tensor, a digest of its shape and of a strided sample of its
+    values rounded to bf16, so that weights loaded in bf16 or fp32 give the same digests."""
     digests = {}
     for name, tensor in tensors.items():
         if not tensor.is_floating_point():

@@ -12,15 +12,19 @@ __all__ = [
     "LoraSettings",
     "LossWeights",
     "DecoderSettings",
+    "BoxSettings",
     "SparrowConfig",
     "PARAMETER_GROUPS",
+    "STAGE_GROUPS",
     "check_mask_supervision",
     "flat_settings",
     "closest_name",
 ]
 
 # What can train, by name; ``SparrowConfig.lr_scale`` and the optimizer groups use these.
-PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder")
+PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder", "box_adapter", "filtration")
+# What each stage trains by default (stage 2 may add stage-1 groups: ``box.also_train``)
+STAGE_GROUPS = {1: ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder"), 2: ("box_adapter", "filtration")}
 
 # Settings that define the trained weights (their shapes, or the function they compute):
 # a checkpoint trained with other values is refused. Every other setting may differ
@@ -53,19 +57,24 @@ class LoraSettings:
 
 @dataclass
 class LossWeights:
-    """Weights of the stage-1 loss ``ce * CE + bce * BCE + dice * DICE + presence * P``.
+    """Weights of the loss ``ce * CE + bce * BCE + dice * DICE + presence * P`` (stage 1)
+    and ``proposal * BCE_filtration + proposal_box * (L1 + GIoU)`` (stage 2).
 
     The default is the paper's plain sum. ``presence`` supervises SAM2's object-presence
     head; None takes the weight the host trained with (``DecoderSpec.presence_weight``).
+    ``proposal_box`` is the authors' code's 0.01 (the paper says 2.0); it applies only with
+    ``box.regression``.
     """
 
     ce: float = 1.0
     bce: float = 1.0
     dice: float = 1.0
     presence: float | None = None
+    proposal: float = 1.0
+    proposal_box: float = 0.01
 
     def __post_init__(self):
-        for name in ("ce", "bce", "dice", "presence"):
+        for name in ("ce", "bce", "dice", "presence", "proposal", "proposal_box"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"loss.{name} must be >= 0, got {value}")
@@ -78,10 +87,16 @@ class DecoderSettings:
     Attributes:
         mode: ``track`` (prompt one frame, SAM2 memory carries the object) or
             ``per_frame`` (prompt every frame independently).
-        cond_frame: the prompted frame at inference in ``track`` mode: ``first``, or a
-            frame index (negative counts from the end). In training SAM2 is prompted on a
+        cond_frame: the prompted frame at inference in ``track`` mode: ``first``, a frame
+            index (negative counts from the end), or ``best`` (with boxes: the proposer and
+            the filtration head run on ``best_of`` evenly spaced frames and SAM2 is prompted
+            on the one with the most confident kept box). In training SAM2 is prompted on a
             frame where the target is visible, drawn at random among them by the data
             pipeline (``VideoBatch.cond_frames``).
+        best_of: frames ``cond_frame: best`` compares.
+        re_anchor: with boxes in ``track`` mode, re-run the proposer and the filtration
+            head on a frame where SAM2's object score falls below this logit and prompt the
+            object again there; None: never.
         train_mask_decoder: also train SAM2's mask decoder (LISA, VideoGLaMM and GLUS do).
         train_frames: in training, decode only this many of the sample's frames (in
             ``track`` mode consecutive ones starting at the prompted frame, or ending at
@@ -98,7 +113,9 @@ class DecoderSettings:
     """
 
     mode: Literal["track", "per_frame"] = "track"
-    cond_frame: Literal["first"] | int = "first"
+    cond_frame: Literal["first", "best"] | int = "first"
+    best_of: int = 3
+    re_anchor: float | None = None
     train_mask_decoder: bool = False
     train_frames: int | None = None
     prompt_tokens: int = field(default=1, metadata=_DEFINES_MODEL)
@@ -109,8 +126,62 @@ class DecoderSettings:
             raise ConfigError(f"decoder.train_frames must be >= 1 or null, got {self.train_frames}")
         if self.prompt_tokens < 1:
             raise ConfigError(f"decoder.prompt_tokens must be >= 1, got {self.prompt_tokens}")
-        if self.cond_frame != "first" and not isinstance(self.cond_frame, int):
-            raise ConfigError(f"decoder.cond_frame must be 'first' or a frame index, got {self.cond_frame!r}")
+        if self.cond_frame not in ("first", "best") and not isinstance(self.cond_frame, int):
+            raise ConfigError(f"decoder.cond_frame must be 'first', 'best' or a frame index, got {self.cond_frame!r}")
+        if self.best_of < 1:
+            raise ConfigError(f"decoder.best_of must be >= 1, got {self.best_of}")
+
+
+@dataclass
+class BoxSettings:
+    """The [BOX] half of SPARROW's dual prompt: class-agnostic proposals, the filtration
+    head that keeps those a [BOX] token refers to, and how kept boxes reach SAM2.
+
+    Attributes:
+        in_answers: training answers carry [BOX] before every [SEG] (the authors' data
+            pipeline inserts it everywhere); stage 1 and stage 2 must agree.
+        adapter: the [BOX] token's L→V adapter: ``shared``, the [SEG] adapter (the
+            authors': one ``text_hidden_fcs`` for both, so their weights load), or
+            ``separate``, its own, started as a copy of the [SEG] adapter.
+        query: whose embedding the filtration head reads: ``box`` (the paper's ablation:
+            1.9 J&F better) or ``seg``.
+        proposer: the proposer's release folder (``sparrow-det-pretrain`` layout, or what
+            ``sparrow fit --config recipes/<host>/proposer.yaml`` writes).
+        proposer_settings: ProposerConfig fields the release does not fix (``top_k``,
+            ``score_powers``, ``refine_reference_points``).
+        features: ``decoder``: the proposer reads the decoder's own SAM2 features (computed
+            once per frame); ``separate``: the release's own image encoder at ``image_size``
+            (the authors' 448 px pass).
+        image_size: input size of a ``separate`` feature pass.
+        filtration: FiltrationConfig fields (``threshold``, ``max_kept``, ``use_roi``, ...).
+        fallback: when no proposal passes the threshold: ``best`` keeps the best one (the
+            authors'), ``seg`` keeps none and prompts with [SEG] alone.
+        regression: also train the selector's box head (L1 + GIoU; the code: off).
+        objects: ``per_box``: one SAM2 object per kept box, the expression's mask their
+            union; ``max_pool``: the authors', one object per token whose masks of all its
+            boxes are max-pooled, the prompted frame's boxes reused on every frame.
+        also_train: stage-1 parameter groups stage 2 trains too (the authors: ``lora``,
+            ``seg_adapter``); empty: stage 1 stays frozen bit for bit.
+    """
+
+    in_answers: bool = False
+    adapter: Literal["shared", "separate"] = field(default="shared", metadata=_DEFINES_MODEL)
+    query: Literal["box", "seg"] = "box"
+    proposer: str | None = None
+    proposer_settings: dict = field(default_factory=dict)
+    features: Literal["decoder", "separate"] = "decoder"
+    image_size: int = 448
+    filtration: dict = field(default_factory=dict)
+    fallback: Literal["best", "seg"] = "best"
+    regression: bool = False
+    objects: Literal["per_box", "max_pool"] = "per_box"
+    also_train: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.also_train = list(self.also_train)
+        unknown = sorted(set(self.also_train) - set(STAGE_GROUPS[1]))
+        if unknown:
+            raise ConfigError(f"box.also_train names unknown stage-1 groups {unknown}; known: {list(STAGE_GROUPS[1])}")
 
 
 @dataclass
@@ -118,8 +189,12 @@ class SparrowConfig:
     """Everything that decides what SPARROW trains and how it is scored.
 
     Attributes:
-        stage: training stage (1: LoRA, V→L adapters, [SEG] adapter, new token rows).
-        lora, loss, decoder: see their classes.
+        stage: training stage. 1: LoRA, the V→L adapters, the [SEG] adapter, the new token
+            rows (and SAM2's mask decoder if asked); 2: the filtration head and a separate
+            [BOX] adapter on the frozen stage-1 model (``box.also_train`` adds groups).
+        lora, loss, decoder, box: see their classes.
+        prompt: what reaches SAM2 at inference: ``seg`` (the [SEG] token), ``box`` (the
+            kept boxes), ``box+seg`` (each kept box with the [SEG] token).
         lr_scale: learning-rate multiplier per parameter group (``lora``, ``adapters``,
             ``tokens``, ``seg_adapter``, ``mask_decoder``); 1 when absent.
         max_new_tokens: generation budget at validation/test time.
@@ -134,6 +209,8 @@ class SparrowConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     loss: LossWeights = field(default_factory=LossWeights)
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
+    box: BoxSettings = field(default_factory=BoxSettings)
+    prompt: Literal["seg", "box", "box+seg"] = "seg"
     lr_scale: dict[str, float] = field(default_factory=dict)
     max_new_tokens: int = 16
     no_target: Literal["answer", "empty_mask"] = "answer"
@@ -148,8 +225,16 @@ class SparrowConfig:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.stage != 1:
-            raise ConfigError(f"stage {self.stage} is not available yet; this release trains stage 1")
+        if self.stage not in STAGE_GROUPS:
+            raise ConfigError(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage == 2 and self.box.proposer is None:
+            raise ConfigError("stage 2 trains the filtration head on proposals: set box.proposer to a proposer release")
+        if self.prompt != "seg" and self.box.proposer is None:
+            raise ConfigError(f"prompt {self.prompt!r} needs boxes: set box.proposer to a proposer release")
+        if self.decoder.cond_frame == "best" and self.prompt == "seg":
+            raise ConfigError("decoder.cond_frame 'best' picks the frame by its kept boxes: it needs prompt 'box' or 'box+seg'")
+        if self.box.query == "box" and self.box.proposer is not None and not self.box.in_answers:
+            raise ConfigError("box.query 'box' reads the [BOX] token, which answers hold only with box.in_answers true; or set box.query 'seg'")
         unknown = sorted(set(self.lr_scale) - set(PARAMETER_GROUPS))
         if unknown:
             raise ConfigError(f"lr_scale has unknown groups {unknown}; known: {list(PARAMETER_GROUPS)}")

@@ -489,6 +489,9 @@ class Prediction:
         object_masks: (K, T, H, W) bool, one per [SEG], or None.
         object_scores: (K, T) SAM2's object-presence logits, or None.
         cond_frame: the frame SAM2 was prompted on.
+        boxes: (K, 4) normalised xyxy, the kept box each object was prompted with on
+            ``cond_frame`` (NaN for an object prompted without one), or None without boxes.
+        box_scores: (K,) the filtration head's probability of each kept box, or None.
     """
 
     answer: str
@@ -498,3 +501,5 @@ class Prediction:
     object_masks: torch.Tensor | None = None
     object_scores: torch.Tensor | None = None
     cond_frame: int = 0
+    boxes: torch.Tensor | None = None
+    box_scores: torch.Tensor | None = None

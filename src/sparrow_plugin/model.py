@@ -6,26 +6,33 @@ batch) and :meth:`SparrowModel.predict` (answers, grounding states, masks). The
 LightningModule (``wrapper.py``) adds the loop, the optimiser groups, logging, metrics
 and the checkpoint policy; an inference program can use this class without a Trainer.
 
-What trains: the whole model is frozen, then exactly the parameters of LoRA layers, the
-host's V→L adapters, the new token rows, the L→V [SEG] adapter and, if asked, SAM2's mask
-decoder (without the heads no SPARROW loss reaches) are unfrozen.
+What trains: the whole model is frozen, then exactly the parameter groups of the stage
+are unfrozen. Stage 1: the LoRA layers, the host's V→L adapters, the new token rows, the
+L→V [SEG] adapter and, if asked, SAM2's mask decoder (without the heads no SPARROW loss
+reaches). Stage 2: the filtration head and a separate [BOX] adapter (and the stage-1
+groups ``box.also_train`` names), the proposer frozen from its release.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import nn
 
 from sparrow_plugin.checkpoints import host_record, host_weight_digests
-from sparrow_plugin.config import PARAMETER_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
+from sparrow_plugin.config import PARAMETER_GROUPS, STAGE_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
 from sparrow_plugin.decoder import SAM2VideoDecoder
 from sparrow_plugin.errors import ConfigError, SparrowWarning
-from sparrow_plugin.frames import resize_frames
+from sparrow_plugin.frames import resize_frames, uniform_frames
+from sparrow_plugin.grounding.box_grounding import BoxGrounding
+from sparrow_plugin.grounding.filtration import filtration_losses, filtration_targets, top1_hit_rate
 from sparrow_plugin.interfaces import Prediction, VideoBatch, VisualFeatures
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
@@ -49,7 +56,7 @@ class SparrowModel(nn.Module):
         spec = host.decoder_spec()
         # the host as released, before anything is added to it: a checkpoint is only read
         # into the host it was trained on (see checkpoints.py)
-        self.host_digests = host_weight_digests(host, spec.state_dict)
+        self.frozen_digests = host_weight_digests(host, spec.state_dict)
         names = host.grounding_token_names
         self.token_ids = host.add_tokens([names[role] for role in ("box", "seg", "tsf")])
         self.role_ids = {role: self.token_ids[names[role]] for role in ("box", "seg", "tsf")}
@@ -62,6 +69,11 @@ class SparrowModel(nn.Module):
         self.decoder = SAM2VideoDecoder.from_spec(spec, mode=settings.mode)
         self.decoder.sam.gate_masks_in_training = self.gate_masks_in_training
         self.seg_adapter = host.seg_projection() or PromptProjection(host.hidden_size, self.decoder.prompt_dim, num_tokens=settings.prompt_tokens)
+        # [BOX]'s own L→V adapter, or None: the [SEG] adapter serves both (the authors')
+        self.box_adapter = copy.deepcopy(self.seg_adapter) if self.config.box.adapter == "separate" else None
+        self.box_grounding = BoxGrounding(self.config.box, self.decoder) if self.config.box.proposer else None
+        if self.box_grounding is not None:
+            self.frozen_digests.update(self.box_grounding.frozen_digests())
         self._inject_lora()
         self.trainable_groups = self._select_trainable()
 
@@ -89,7 +101,8 @@ class SparrowModel(nn.Module):
             raise ConfigError(f"LoRA targets {targets} match no module of the host LLM; its linear layers: {linear}") from error
 
     def _select_trainable(self) -> dict[str, list[nn.Parameter]]:
-        """Freeze everything, then unfreeze the plugin parts by structure."""
+        """Freeze everything, then unfreeze the parameter groups of the stage, found by
+        structure; every group is named, those that do not train are empty."""
         self.requires_grad_(False)
         groups = {
             "lora": [
@@ -103,12 +116,28 @@ class SparrowModel(nn.Module):
             "tokens": list(self.host.new_token_parameters()),
             "seg_adapter": list(self.seg_adapter.parameters()),
             "mask_decoder": self._trained_mask_decoder_parameters(),
+            "box_adapter": list(self.box_adapter.parameters()) if self.box_adapter is not None else [],
+            "filtration": list(self.box_grounding.filtration.parameters()) if self.box_grounding is not None else [],
         }
         assert set(groups) == set(PARAMETER_GROUPS)
+        active = set(STAGE_GROUPS[self.config.stage]) | (set(self.config.box.also_train) if self.config.stage == 2 else set())
+        groups = {name: params if name in active else [] for name, params in groups.items()}
         for params in groups.values():
             for p in params:
                 p.requires_grad_(True)
         return groups
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.box_grounding is not None:
+            self.box_grounding.train(mode)  # keeps the frozen proposer in eval mode
+        return self
+
+    def start_box_adapter_from_seg(self) -> None:
+        """Copy the [SEG] adapter's weights into a separate [BOX] adapter: where stage 2
+        starts it, once stage 1's weights are in."""
+        if self.box_adapter is not None:
+            self.box_adapter.load_state_dict(self.seg_adapter.state_dict())
 
     def _trained_mask_decoder_parameters(self) -> list[nn.Parameter]:
         """SAM2's mask decoder, less the heads no loss reaches: the IoU head only ranks
@@ -139,7 +168,11 @@ class SparrowModel(nn.Module):
         inputs = self.host.build_inputs(self.encode(batch), batch.queries, answers)
         output = self.host(inputs)
         losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
+        if self.config.stage == 2:
+            losses.update(self._filtration_losses(batch, inputs, output))
         rows, positions = self.grounding_positions(inputs.input_ids, "seg")
+        if not self._trains_masks():
+            rows = rows[:0]
         if rows.numel():
             states = output.grounding_states[rows, positions + self.host.grounding_offset]
             frame_ids, cond = self.training_frames(batch, rows)
@@ -152,12 +185,48 @@ class SparrowModel(nn.Module):
             losses["dice"] = mask_dice_loss(decoded.mask_logits, targets)
             if self.presence_weight > 0:
                 losses["presence"] = presence_loss(decoded.object_logits, targets)
-        weights = {"ce": self.config.loss.ce, "bce": self.config.loss.bce, "dice": self.config.loss.dice, "presence": self.presence_weight}
-        total = sum(weights[name] * value for name, value in losses.items())
+        loss = self.config.loss
+        weights = {"ce": loss.ce, "bce": loss.bce, "dice": loss.dice, "presence": self.presence_weight, "proposal": loss.proposal, "proposal_box": loss.proposal_box}
+        total = sum(weights[name] * value for name, value in losses.items() if name in weights)  # the rest are measurements
         if not rows.numel():
-            total = total + self._untouched_parameters_term()
+            total = total + self._untouched_parameters_term(("seg_adapter", "mask_decoder"))
         losses["loss"] = total
         return losses
+
+    def _trains_masks(self) -> bool:
+        """Whether the mask losses reach anything that trains: always in stage 1; in stage 2
+        only when it trains stage-1 groups too (they are decoded with the [SEG] prompt)."""
+        return self.config.stage == 1 or bool(self.config.box.also_train)
+
+    def _filtration_losses(self, batch: VideoBatch, inputs, output) -> dict[str, torch.Tensor]:
+        """Stage 2: the filtration head on the proposals of the frame SAM2 is prompted on
+        (where the target is visible), against the referred objects' boxes there."""
+        role = self.config.box.query
+        rows, positions = self.grounding_positions(inputs.input_ids, role)
+        if not rows.numel():
+            return {"proposal": self._untouched_parameters_term(("filtration", "box_adapter"))}
+        tokens = self.query_embedding(output.grounding_states[rows, positions + self.host.grounding_offset], role)
+        cond = (batch.cond_frames if batch.cond_frames is not None else torch.zeros(len(batch), dtype=torch.long)).to(rows.device)[rows]
+        wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
+        wanted[rows, cond] = True
+        features = self.decoder.encode(batch.frames, wanted)
+        proposals = self.box_grounding.proposals(batch.frames, features, rows, cond)
+        levels = self.box_grounding.levels(features, rows, cond, self.decoder.sam.no_mem_embed)
+        filtered = self.box_grounding.filter(tokens, proposals, levels)
+        object_boxes = [_boxes_on(batch, row, frame) for row, frame in zip(rows.tolist(), cond.tolist())]
+        targets = filtration_targets(proposals.boxes, object_boxes, self.box_grounding.filtration.config.iou_threshold)
+        selector = self.box_grounding.filtration.proposal_selector
+        predicted = selector.regress(tokens, proposals.embeddings) if self.config.box.regression else None
+        losses = filtration_losses(filtered, targets, predicted, object_boxes)
+        losses["hit@1"] = top1_hit_rate(filtered.logits, proposals.boxes, object_boxes)
+        return losses
+
+    def query_embedding(self, states: torch.Tensor, role: str) -> torch.Tensor:
+        """(N, C) the filtration head's query from grounding states (N, hidden): the L→V
+        adapter of the token's role (the [SEG] one when [BOX] shares it), its prompt tokens
+        averaged when it makes several (UniPixel's and the tiny host's heads make 2)."""
+        adapter = self.box_adapter if role == "box" and self.box_adapter is not None else self.seg_adapter
+        return adapter(states).mean(dim=1)
 
     def training_frames(self, batch: VideoBatch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The frames of each prompted sample the decoder is trained on, (N, W) long, and
@@ -179,65 +248,176 @@ class SparrowModel(nn.Module):
         start = torch.minimum(cond, torch.full_like(cond, num_frames - count))
         return start[:, None] + torch.arange(count, device=device), cond - start
 
-    def _untouched_parameters_term(self) -> torch.Tensor:
-        """Zero, but connected to the parameters only [SEG] samples use: a batch without
-        [SEG] then still gives each of them a (zero) gradient, as DDP's reducer expects."""
-        params = [p for name in ("seg_adapter", "mask_decoder") for p in self.trainable_groups[name]]
-        return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=params[0].device)) if params else 0.0
+    def _untouched_parameters_term(self, groups: tuple[str, ...]) -> torch.Tensor:
+        """Zero, but connected to the trained parameters of ``groups``, which only samples
+        with grounding tokens reach: a batch without them then still gives each a (zero)
+        gradient, as DDP's reducer expects."""
+        params = [p for name in groups for p in self.trainable_groups[name]]
+        return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=params[0].device)) if params else torch.zeros(())
 
     def _answer(self, has_target: bool) -> str:
         if not has_target:
             return self.host.no_target_answer
-        return self.host.answer_template.format(grounding=self.host.grounding_token_names["seg"])
+        names = self.host.grounding_token_names
+        grounding = f"{names['box']} {names['seg']}" if self.config.box.in_answers else names["seg"]
+        return self.host.answer_template.format(grounding=grounding)
 
     # ------------------------------------------------------------------ inference
 
     @torch.no_grad()
     def predict(self, batch: VideoBatch) -> list[Prediction]:
         """Answer every sample (one LLM prefill each, cached decoding), then segment what
-        each answer's [SEG] tokens refer to: one SAM2 object per [SEG], the expression's
-        mask their union, at the original frame size."""
+        each answer's [SEG] tokens refer to, at the original frame size.
+
+        ``prompt: seg``: one SAM2 object per [SEG]. With boxes (``box`` / ``box+seg``), the
+        filtration head keeps the proposals its [BOX] refers to (the [BOX] right before the
+        [SEG], or the [SEG] itself without one) and every kept box is an object, prompted
+        with the box (and the [SEG] token). The expression's mask is the union.
+        """
         self.warn_unknown_words(batch.queries)
         prompt = self.host.build_inputs(self.encode(batch), batch.queries, None)
         generation = self.host.generate(prompt, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
-        num_frames = batch.frames.shape[1]
-        cond = self.inference_cond_frame(num_frames)
         is_seg = roles == GROUNDING_ROLES.index("seg")
-        seg_rows = rows[is_seg]
-        object_masks: list[list[torch.Tensor]] = [[] for _ in range(len(batch))]
-        object_scores: list[list[torch.Tensor]] = [[] for _ in range(len(batch))]
+        seg_rows, seg_columns = rows[is_seg], columns[is_seg]
+        objects = [[] for _ in range(len(batch))]
+        cond_frames = [self.inference_cond_frame(batch.frames.shape[1]) if self.config.decoder.cond_frame != "best" else 0] * len(batch)
         if seg_rows.numel():
-            states = generation.token_states[seg_rows, columns[is_seg]]
             wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
             wanted[seg_rows] = True
             features = self.decoder.encode(batch.frames, wanted)
-            decoded = self.decoder.decode(features, self.seg_adapter(states), clip_index=seg_rows, cond_frame=cond)
-            for logits, scores, row in zip(decoded.mask_logits, decoded.object_logits, seg_rows.tolist()):
-                height, width = batch.original_sizes[row]
-                resized = F.interpolate(logits[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-                object_masks[row].append((resized > 0).cpu())
-                object_scores[row].append(scores.float().cpu())
-        predictions = []
-        for b in range(len(batch)):
-            masks = torch.stack(object_masks[b]) if object_masks[b] else None
-            predictions.append(
-                Prediction(
-                    answer=generation.texts[b],
-                    truncated=bool(generation.truncated[b]),
-                    grounding_tokens=[GROUNDING_ROLES[r] for r in roles[rows == b].tolist()],
-                    masks=masks.any(dim=0) if masks is not None else None,
-                    object_masks=masks,
-                    object_scores=torch.stack(object_scores[b]) if object_scores[b] else None,
-                    cond_frame=cond,
-                )
+            seg_tokens = self.seg_adapter(generation.token_states[seg_rows, seg_columns])
+            if self.config.prompt == "seg" or self.box_grounding is None:
+                decoded = self.decoder.decode(features, seg_tokens, clip_index=seg_rows, cond_frame=cond_frames[0])
+                for logits, scores, row in zip(decoded.mask_logits, decoded.object_logits, seg_rows.tolist()):
+                    objects[row].append(_Object(logits, scores))
+            else:
+                query_rows, query_columns, query_roles = self._queries(rows, columns, roles, seg_rows, seg_columns)
+                queries = torch.stack([
+                    self.query_embedding(generation.token_states[r, c][None], GROUNDING_ROLES[role])[0]
+                    for r, c, role in zip(query_rows.tolist(), query_columns.tolist(), query_roles.tolist())
+                ])
+                for row, obj, cond in self._segment_with_boxes(batch, features, seg_rows, seg_tokens, queries):
+                    objects[row].append(obj)
+                    cond_frames[row] = cond
+        return [self._prediction(batch, b, generation, rows, roles, objects[b], cond_frames[b]) for b in range(len(batch))]
+
+    def _queries(self, rows, columns, roles, seg_rows, seg_columns):
+        """For each [SEG], the token the filtration head reads: with ``box.query: box``
+        the last [BOX] before it in its answer (the authors pair them in order), else the
+        [SEG] itself. Returns (rows, columns, roles) of those tokens."""
+        box_role, seg_role = GROUNDING_ROLES.index("box"), GROUNDING_ROLES.index("seg")
+        query_columns, query_roles = seg_columns.clone(), torch.full_like(seg_columns, seg_role)
+        if self.config.box.query == "box":
+            for i, (row, column) in enumerate(zip(seg_rows.tolist(), seg_columns.tolist())):
+                before = columns[(rows == row) & (roles == box_role) & (columns < column)]
+                if before.numel():
+                    query_columns[i], query_roles[i] = before.max(), box_role
+        return seg_rows, query_columns, query_roles
+
+    def _segment_with_boxes(self, batch: VideoBatch, features, seg_rows, seg_tokens, queries):
+        """Objects of the [SEG] tokens prompted with kept boxes: yields (row, object, the
+        frame it was prompted on).
+
+        ``track``: the boxes kept on the prompted frame (``cond_frame``; ``best``: the
+        candidate frame whose best kept box is most confident), one object each, carried by
+        SAM2's memory. ``per_frame``: boxes kept on every frame, each frame decoded alone;
+        ``box.objects: max_pool`` (the authors'): the prompted frame's boxes on every frame.
+        """
+        num_frames, size = batch.frames.shape[1], self.decoder.image_size
+        candidates = uniform_frames(num_frames, self.config.decoder.best_of) if self.config.decoder.cond_frame == "best" else [self.inference_cond_frame(num_frames)]
+        choices = [self._keep_boxes(batch, features, seg_rows, queries, frame) for frame in dict.fromkeys(candidates)]
+        best = torch.stack([choice.confidence for choice in choices]).argmax(0)  # (G,) per [SEG]
+        each_frame = self.config.decoder.mode == "per_frame" and self.config.box.objects == "per_box"
+        with_token = self.config.prompt == "box+seg"
+        for g, row in enumerate(seg_rows.tolist()):
+            choice = choices[int(best[g])]
+            if each_frame:
+                yield row, self._decode_on_each_frame(batch, features, row, seg_tokens[g], queries[g], with_token), choice.frame
+                continue
+            boxes, scores = choice.boxes[g], choice.scores[g]
+            if not len(boxes):  # nothing kept: the [SEG] token alone, or nothing to prompt with
+                if with_token:
+                    decoded = self.decoder.decode(features, seg_tokens[g : g + 1], clip_index=seg_rows[g : g + 1], cond_frame=choice.frame)
+                    yield row, _Object(decoded.mask_logits[0], decoded.object_logits[0]), choice.frame
+                continue
+            tokens = seg_tokens[g : g + 1].expand(len(boxes), -1, -1) if with_token else None
+            decoded = self.decoder.decode(
+                features, tokens, clip_index=seg_rows[g : g + 1].expand(len(boxes)), boxes=boxes[:, None] * size, cond_frame=choice.frame
             )
-        return predictions
+            if self.config.box.objects == "max_pool":  # the authors': one object per token
+                yield row, _Object(decoded.mask_logits.max(0).values, decoded.object_logits.max(0).values, boxes[0], scores[0]), choice.frame
+                continue
+            for logits, object_scores, box, score in zip(decoded.mask_logits, decoded.object_logits, boxes, scores):
+                yield row, _Object(logits, object_scores, box, score), choice.frame
+
+    def _keep_boxes(self, batch: VideoBatch, features, seg_rows, queries, frame: int) -> "_Kept":
+        """The filtration head's kept boxes of every [SEG]'s query on one frame."""
+        frames = torch.full_like(seg_rows, frame)
+        proposals = self.box_grounding.proposals(batch.frames, features, seg_rows, frames)
+        levels = self.box_grounding.levels(features, seg_rows, frames, self.decoder.sam.no_mem_embed)
+        filtered = self.box_grounding.filter(queries, proposals, levels)
+        probabilities = filtered.logits.sigmoid()
+        kept = filtered.kept
+        if self.config.box.fallback == "seg":  # no proposal passes: keep none
+            kept = kept & (probabilities >= self.box_grounding.filtration.config.threshold)
+        return _Kept(
+            frame=frame,
+            boxes=[proposals.boxes[g][kept[g]] for g in range(len(seg_rows))],
+            scores=[probabilities[g][kept[g]] for g in range(len(seg_rows))],
+            confidence=probabilities.max(-1).values,
+        )
+
+    def _decode_on_each_frame(self, batch: VideoBatch, features, row: int, seg_token, query, with_token: bool) -> "_Object":
+        """One [SEG] in ``per_frame`` mode with boxes kept on every frame: each frame decoded
+        with its own boxes, the masks of a frame max-pooled."""
+        device, size = batch.frames.device, self.decoder.image_size
+        logits, scores = [], []
+        for frame in range(batch.frames.shape[1]):
+            boxes = self._keep_boxes(batch, features, torch.tensor([row], device=device), query[None], frame).boxes[0]
+            if not len(boxes) and not with_token:  # nothing kept and no token: an empty mask
+                logits.append(torch.full((size, size), NO_OBJ_SCORE, device=device))
+                scores.append(torch.tensor(NO_OBJ_SCORE, device=device))
+                continue
+            count = max(len(boxes), 1)
+            decoded = self.decoder.decode(
+                features,
+                seg_token[None].expand(count, -1, -1) if with_token else None,
+                clip_index=torch.full((count,), row, device=device),
+                boxes=boxes[:, None] * size if len(boxes) else None,
+                frame_ids=torch.full((count, 1), frame, device=device),
+            )
+            logits.append(decoded.mask_logits[:, 0].max(0).values)
+            scores.append(decoded.object_logits[:, 0].max(0).values)
+        return _Object(torch.stack(logits), torch.stack(scores))
+
+    def _prediction(self, batch: VideoBatch, b: int, generation, rows, roles, objects: list["_Object"], cond_frame: int) -> Prediction:
+        height, width = batch.original_sizes[b]
+        masks = scores = boxes = box_scores = None
+        if objects:
+            logits = torch.stack([obj.logits for obj in objects]).float()
+            masks = (F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False) > 0).cpu()
+            scores = torch.stack([obj.scores for obj in objects]).float().cpu()
+            if any(obj.box is not None for obj in objects):
+                boxes = torch.stack([obj.box if obj.box is not None else torch.full((4,), float("nan"), device=logits.device) for obj in objects]).cpu()
+                box_scores = torch.stack([obj.box_score if obj.box_score is not None else torch.tensor(float("nan"), device=logits.device) for obj in objects]).cpu()
+        return Prediction(
+            answer=generation.texts[b],
+            truncated=bool(generation.truncated[b]),
+            grounding_tokens=[GROUNDING_ROLES[r] for r in roles[rows == b].tolist()],
+            masks=masks.any(dim=0) if masks is not None else None,
+            object_masks=masks,
+            object_scores=scores,
+            cond_frame=cond_frame,
+            boxes=boxes,
+            box_scores=box_scores,
+        )
 
     def inference_cond_frame(self, num_frames: int) -> int:
-        """The frame SAM2 is prompted on at inference (``decoder.cond_frame``)."""
+        """The frame SAM2 is prompted on at inference (``decoder.cond_frame``; ``best`` is
+        chosen per [SEG] among candidate frames, with boxes)."""
         setting = self.config.decoder.cond_frame
-        return 0 if setting == "first" else setting % num_frames
+        return 0 if setting in ("first", "best") else setting % num_frames
 
     # ------------------------------------------------------------------ shared
 
@@ -294,3 +474,31 @@ class SparrowModel(nn.Module):
         if bool((positions + self.host.grounding_offset < 0).any()):
             raise ValueError(f"a {role} token at the start of a sequence has no predicting position")
         return rows, positions
+
+
+class _Object(NamedTuple):
+    """One SAM2 object of a prediction: (T, S, S) mask logits and (T,) object scores at
+    the decoder's size, and the box it was prompted with (normalised xyxy) and its score."""
+
+    logits: torch.Tensor
+    scores: torch.Tensor
+    box: torch.Tensor | None = None
+    box_score: torch.Tensor | None = None
+
+
+class _Kept(NamedTuple):
+    """The filtration head's choice on one frame for G [SEG] tokens: per token the kept
+    boxes (K_g, 4) normalised xyxy and their probabilities, and (G,) its best probability."""
+
+    frame: int
+    boxes: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    confidence: torch.Tensor
+
+
+def _boxes_on(batch: VideoBatch, row: int, frame: int) -> torch.Tensor:
+    """(M, 4) normalised xyxy boxes of sample ``row``'s referred objects visible on ``frame``."""
+    if batch.object_boxes is None or batch.object_visible is None:
+        raise ValueError("stage 2 trains on the referred objects' boxes: the batch has none (a split without masks?)")
+    boxes, visible = batch.object_boxes[row], batch.object_visible[row]
+    return boxes[visible[:, frame], frame].to(batch.frames.device)

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from sparrow_plugin.checkpoints import setting_differences, trained_as_another_model, weight_differences
+from sparrow_plugin.checkpoints import read_checkpoint, setting_differences, trained_as_another_model, weight_differences, weight_digests
 from sparrow_plugin.config import SparrowConfig, flat_settings
 from sparrow_plugin.errors import CheckpointError, ConfigError, SparrowWarning
 from sparrow_plugin.interfaces import HostAdapter, Prediction, VideoBatch
@@ -43,6 +43,9 @@ class SparrowWrapper(L.LightningModule):
         optimizer: builds the optimizer from parameter groups (LightningCLI
             ``class_path``); group learning rates are scaled by ``config.lr_scale``.
         lr_scheduler: optional, stepped every optimizer step.
+        init_from: a checkpoint of an earlier stage whose trained weights this model starts
+            from (stage 2 from stage 1), refused when it was trained as another model; they
+            become frozen weights of this stage, which its own checkpoints are tied to.
     """
 
     def __init__(
@@ -52,12 +55,15 @@ class SparrowWrapper(L.LightningModule):
         config: SparrowConfig | dict | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=[] if isinstance(base, str) else ["base"])
         config = SparrowConfig.from_dict(config) if isinstance(config, dict) else (config or SparrowConfig())
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.model = SparrowModel(resolve_host(base, host_args or {}), config)
+        if init_from is not None:
+            self._start_from(init_from)
         self.metrics = nn.ModuleDict({stage: MeViSMetric(config.kinds) for stage in ("val", "test")})
         self.test_results: dict[str, Any] = {}
         self.strict_loading = False  # checkpoints hold only what trains; checked in on_load_checkpoint
@@ -67,7 +73,15 @@ class SparrowWrapper(L.LightningModule):
         """What a run with these init args would miss on disk (the host's downloads), loading
         nothing; the command line asks before it builds anything."""
         base = init_args.get("base")
-        return missing_host_inputs(base, dict(init_args.get("host_args") or {})) if isinstance(base, str) else []
+        missing = missing_host_inputs(base, dict(init_args.get("host_args") or {})) if isinstance(base, str) else []
+        init_from = init_args.get("init_from")
+        if init_from and not Path(init_from).is_file():
+            missing.append(f"{init_from}: the checkpoint of the earlier stage this one starts from (init_from)")
+        config = init_args.get("config") or {}
+        proposer = (config.box.proposer if isinstance(config, SparrowConfig) else (config.get("box") or {}).get("proposer"))
+        if proposer and not (Path(proposer) / "config.json").is_file():
+            missing.append(f"{proposer}: the proposer release (sparrow-det-pretrain, or what recipes/<host>/proposer.yaml writes)")
+        return missing
 
     @property
     def config(self) -> SparrowConfig:
@@ -117,12 +131,16 @@ class SparrowWrapper(L.LightningModule):
                 "answer": prediction.answer,
                 "truncated": prediction.truncated,
                 "cond_frame": prediction.cond_frame,
+                "boxes": prediction.boxes,
+                "box_scores": prediction.box_scores,
             }
             for key, index, names, prediction in zip(batch.keys, batch.indices.tolist(), batch.frame_names, self.model.predict(batch))
         ]
 
     def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in losses.items():
+            if torch.isnan(value):  # a measurement with nothing to measure in this batch (hit@1)
+                continue
             epoch_level = stage != "train"
             self.log(
                 f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss", on_step=not epoch_level, on_epoch=epoch_level, sync_dist=epoch_level
@@ -219,7 +237,7 @@ class SparrowWrapper(L.LightningModule):
             "token_ids": self.model.token_ids,
             "stage": self.config.stage,
             "trained": self._trained_record(),
-            "host_weights": self.model.host_digests,
+            "host_weights": self.model.frozen_digests,
             "settings": flat_settings(self.config),
         }
         hyper_parameters = checkpoint.get("hyper_parameters", {})
@@ -228,6 +246,8 @@ class SparrowWrapper(L.LightningModule):
         if isinstance(hyper_parameters.get("host_args"), dict):
             # `--ckpt_settings checkpoint` rebuilds the host from these: from any working directory
             hyper_parameters["host_args"] = {k: _absolute_if_path(v) for k, v in hyper_parameters["host_args"].items()}
+        if hyper_parameters.get("init_from"):
+            hyper_parameters["init_from"] = _absolute_if_path(hyper_parameters["init_from"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained as another model (another host, other host weights,
@@ -238,10 +258,13 @@ class SparrowWrapper(L.LightningModule):
         settings_changed = setting_differences(meta.get("settings", {}), flat_settings(self.config))
         problems = setting_differences(meta.get("trained", {}), self._trained_record())
         if "host_weights" in meta:
-            changed = weight_differences(meta["host_weights"], self.model.host_digests)
+            changed = weight_differences(meta["host_weights"], self.model.frozen_digests)
             if changed:
                 shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
-                problems.append(f"host weights: {len(changed)} of {len(self.model.host_digests)} tensors differ from the release it was trained on ({shown})")
+                problems.append(
+                    f"host weights: {len(changed)} of {len(self.model.frozen_digests)} frozen tensors (host, SAM2, proposer) "
+                    f"differ from those it was trained on ({shown})"
+                )
         if meta.get("token_ids") not in (None, self.model.token_ids):
             problems.append(f"token ids: {meta['token_ids']} in the checkpoint, {self.model.token_ids} here")
         if problems:
@@ -261,6 +284,32 @@ class SparrowWrapper(L.LightningModule):
         if settings_changed:
             notice = f"{source or 'the checkpoint'} was trained with other settings; this run's apply: " + "; ".join(settings_changed)
             rank_zero_warn(notice, category=SparrowWarning)
+
+    def _start_from(self, path: str) -> None:
+        """Load an earlier stage's trained weights (see ``init_from``)."""
+        checkpoint = read_checkpoint(path)
+        meta = checkpoint.get("sparrow", {})
+        ours = {key: value for key, value in self._trained_record().items() if key != "config.stage"}
+        problems = setting_differences({k: v for k, v in meta.get("trained", {}).items() if k != "config.stage"}, ours)
+        frozen = meta.get("host_weights", {})
+        changed = weight_differences(frozen, {k: v for k, v in self.model.frozen_digests.items() if k in frozen})
+        if changed:
+            problems.append(f"host weights: {len(changed)} frozen tensors differ from those it was trained on ({', '.join(changed[:5])})")
+        if meta.get("token_ids") not in (None, self.model.token_ids):
+            problems.append(f"token ids: {meta['token_ids']} in the checkpoint, {self.model.token_ids} here")
+        if meta.get("stage", 1) >= self.config.stage:
+            problems.append(f"config.stage: {meta.get('stage', 1)} in the checkpoint; init_from takes an earlier stage than {self.config.stage}")
+        if problems:
+            raise CheckpointError(path, trained_as_another_model(problems).replace("--ckpt_settings checkpoint", "an init_from checkpoint of this model"))
+        state, own = checkpoint["state_dict"], self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        wrong_shape = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} here" for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if unexpected or wrong_shape:
+            raise CheckpointError(path, "its weights do not fit this model" + ("; shapes differ: " + "; ".join(wrong_shape[:10]) if wrong_shape else ""), unexpected=unexpected)
+        self.load_state_dict(state, strict=False)
+        # this stage's checkpoints mean something only on top of these weights
+        self.model.frozen_digests.update({f"init_from.{k}": v for k, v in weight_digests(state).items()})
+        self.model.start_box_adapter_from_seg()
 
     def _trained_record(self) -> dict:
         """The model's record (see checkpoints.py) plus the registered host name it was built by,
