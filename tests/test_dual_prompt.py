@@ -154,3 +154,41 @@ def test_answers_carry_box_before_seg_when_asked(releases):
     wrapper = _wrapper(releases, prompt="seg", box={"in_answers": True})
     names = wrapper.host.grounding_token_names
     assert wrapper.model._answer(True) == wrapper.host.answer_template.format(grounding=f"{names['box']} {names['seg']}")
+
+
+def test_the_authors_sparrow_finetune_loads_strictly_with_its_gamma_as_chosen(tmp_path, synthetic_root):
+    """A tiny sparrow-finetune (VideoGLaMM with [BOX], the filtration head under the
+    authors' names) and a tiny sparrow-det-pretrain on its SAM2: they load, the head's
+    weights are the release's, gamma is 0.1 as the authors ran it or the stored value."""
+    from baselines.videoglamm import VideoGLaMM
+    from baselines.videoglamm.tiny import write_tiny_release
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.grounding.filtration import FiltrationConfig, FiltrationHead
+
+    vocabulary = [e.text for e in MeViSDataset(synthetic_root, "train", image_size=32).expressions]
+    head = FiltrationHead(FiltrationConfig(token_dim=64, proposal_dim=32, hidden_dim=32, level_dims=(8, 16, 64)))
+    with torch.no_grad():
+        head.roi_fusion_gamma.fill_(0.37)
+    release = write_tiny_release(tmp_path / "sparrow-finetune", vocabulary, sparrow=head)
+    host = VideoGLaMM.from_pretrained(release)
+    sam = build_sam2(TINY_SAM2, state_dict=host.decoder_spec().state_dict)
+    write_proposer_release(tmp_path / "sparrow-det-pretrain", ClassAgnosticProposer(tiny_proposer_config(64)), sam.image_encoder, TINY_SAM2)
+    box = {"proposer": str(tmp_path / "sparrow-det-pretrain"), "in_answers": True, "filtration": {"hidden_dim": 32}}
+
+    def build(**extra):
+        config = {"box": {**box, **extra}, "prompt": "box+seg", "max_new_tokens": 4}
+        return SparrowWrapper(base="videoglamm", host_args={"path": str(release)}, config=config)
+
+    for choice, gamma in (("as_run", 0.1), ("stored", 0.37)):
+        wrapper = build(release_gamma=choice)
+        loaded = wrapper.model.box_grounding.filtration.state_dict()
+        assert float(loaded["roi_fusion_gamma"]) == pytest.approx(gamma)
+        for key, value in head.state_dict().items():
+            if key != "roi_fusion_gamma":
+                assert torch.equal(loaded[key], value), key
+    assert wrapper.model.token_ids["[BOX]"] == host.tokenizer.convert_tokens_to_ids("[BOX]")  # the release's own row, not a new one
+    state = torch.load(release / "pytorch_model.bin", weights_only=True)
+    del state["model.roi_helper.score_head.2.bias"]
+    torch.save(state, release / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): roi_helper\.score_head\.2\.bias"):
+        build()

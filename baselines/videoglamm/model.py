@@ -71,7 +71,13 @@ RELEASE_KEYS = KeyMap(
         ("model.", "llm.model."),
         ("lm_head.", "llm.lm_head."),
     ),
-    split=(("model.visual_model.", "sam2"),),
+    split=(
+        ("model.visual_model.", "sam2"),
+        # SPARROW's filtration head, in the authors' sparrow-finetune (absent from VideoGLaMM's own release)
+        ("model.proposal_selector.", "filtration", "proposal_selector."),
+        ("model.roi_helper.", "filtration", "roi_helper."),
+        ("model.roi_fusion_gamma", "filtration", "roi_fusion_gamma"),
+    ),
     # the reference rebuilds both towers from their own checkpoints and skips these copies
     ignore=(r"^model\.vision_tower\.", r"^model\.image_vision_tower\.", r"rotary_emb\.inv_freq$"),
 )
@@ -103,6 +109,7 @@ class VideoGLaMM(CausalLMHost):
         self.mm_projector = nn.Sequential(nn.Linear(config.mm_hidden_size, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.text_hidden_fcs = text_hidden_fcs(hidden, config.out_dim)
         self._sam2_state = sam2_state
+        self._plugin_states: dict[str, dict] = {}  # SPARROW plugins a release may hold (released_plugins)
         self.stop_token_id = tokenizer.convert_tokens_to_ids(END)
         for name, values in (("imagenet_mean", _IMAGENET_MEAN), ("imagenet_std", _IMAGENET_STD)):  # the temporal tower's
             self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
@@ -143,7 +150,13 @@ class VideoGLaMM(CausalLMHost):
             host, read_release_weights(path), RELEASE_KEYS, path, optional=(r"^spatial_tower\.", r"^temporal_tower\.")
         )
         host._sam2_state = parts["sam2"]
+        host._plugin_states = {"filtration": parts["filtration"]} if parts["filtration"] else {}
         return host
+
+    def released_plugins(self) -> dict[str, dict]:
+        """SPARROW plugin weights the release holds (the authors' sparrow-finetune: the
+        filtration head), by plugin name; {} for VideoGLaMM's own release."""
+        return self._plugin_states
 
     @classmethod
     def missing_downloads(

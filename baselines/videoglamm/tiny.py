@@ -21,6 +21,7 @@ from baselines.videoglamm.config import PHI3_FIELDS, VideoGLaMMConfig
 from baselines.videoglamm.model import QUESTION, SYSTEM, VideoGLaMM
 from baselines.videoglamm.towers import FrameViTTower
 from sparrow_plugin.decoder import build_sam2
+from sparrow_plugin.grounding.filtration import FiltrationHead
 from sparrow_plugin.hosts.word_tokenizer import build_word_tokenizer
 
 __all__ = ["write_tiny_release"]
@@ -28,14 +29,20 @@ __all__ = ["write_tiny_release"]
 _SPECIAL = ("<unk>", "<s>", "<|endoftext|>", "<|system|>", "<|end|>", "<|user|>", "<|assistant|>")
 
 
-def write_tiny_release(folder: str | Path, vocabulary: Iterable[str], seed: int = 0, sam2_config: str = "sam2.1_hiera_tiny128") -> Path:
-    """Write a random tiny VideoGLaMM release to ``folder`` and return it."""
+def write_tiny_release(
+    folder: str | Path, vocabulary: Iterable[str], seed: int = 0, sam2_config: str = "sam2.1_hiera_tiny128", sparrow: FiltrationHead | None = None
+) -> Path:
+    """Write a random tiny VideoGLaMM release to ``folder`` and return it.
+
+    With ``sparrow`` (a filtration head), the release is a tiny ``sparrow-finetune`` instead:
+    [BOX] in the tokenizer and the head under the authors' names (``model.proposal_selector``,
+    ``model.roi_helper``, ``model.roi_fusion_gamma``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     texts = list(vocabulary) + [SYSTEM, QUESTION, VideoGLaMM.question_template, VideoGLaMM.answer_template, VideoGLaMM.no_target_answer]
     tokenizer = build_word_tokenizer(texts, _SPECIAL, pad_token="<unk>", unk_token="<unk>", eos_token="<|endoftext|>", bos_token="<s>")
-    tokenizer.add_tokens(["[SEG]"])  # the release was trained with it, as a normal token
+    tokenizer.add_tokens(["[SEG]", "[BOX]"] if sparrow is not None else ["[SEG]"])  # trained with them, as normal tokens
     sam2 = build_sam2(sam2_config)
     llm = Phi3Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -58,7 +65,12 @@ def write_tiny_release(folder: str | Path, vocabulary: Iterable[str], seed: int 
     extras = {k: v for k, v in vars(config).items() if k != "llm"}
     raw = {**config.llm, **extras, "model_type": "VideoGPT+", "architectures": ["VideoGLaMMForCausalLM"], "seg_token_idx": tokenizer.convert_tokens_to_ids("[SEG]")}
     (folder / "config.json").write_text(json.dumps(raw, indent=1))
-    torch.save(release_state_dict(host, sam2.state_dict()), folder / "pytorch_model.bin")
+    state = release_state_dict(host, sam2.state_dict())
+    if sparrow is not None:
+        state.update({f"model.{key}": value.detach().clone().contiguous() for key, value in sparrow.state_dict().items()})
+        raw["box_token_idx"] = tokenizer.convert_tokens_to_ids("[BOX]")
+        (folder / "config.json").write_text(json.dumps(raw, indent=1))
+    torch.save(state, folder / "pytorch_model.bin")
     return folder
 
 

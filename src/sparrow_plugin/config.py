@@ -162,6 +162,9 @@ class BoxSettings:
             boxes are max-pooled, the prompted frame's boxes reused on every frame.
         also_train: stage-1 parameter groups stage 2 trains too (the authors: ``lora``,
             ``seg_adapter``); empty: stage 1 stays frozen bit for bit.
+        release_gamma: the RoI logit's weight when the host's release holds a filtration
+            head (the authors' sparrow-finetune): ``as_run``, 0.1, what their inference used
+            (transformers 4.41 renamed the stored value away at load), or ``stored``.
     """
 
     in_answers: bool = False
@@ -176,6 +179,7 @@ class BoxSettings:
     regression: bool = False
     objects: Literal["per_box", "max_pool"] = "per_box"
     also_train: list[str] = field(default_factory=list)
+    release_gamma: Literal["as_run", "stored"] = "as_run"
 
     def __post_init__(self):
         self.also_train = list(self.also_train)

@@ -366,6 +366,10 @@ class HostAdapter(Protocol):
         cached decoding; returns the grounding states of the generated tokens too."""
         ...
 
+    # Optional, not part of the protocol check: ``released_plugins() -> {plugin name: state
+    # dict}``, SPARROW plugin weights a release holds besides the host's own (the authors'
+    # sparrow-finetune holds the filtration head: ``{"filtration": ...}``).
+
 
 # ----------------------------------------------------------------------------- decoder side
 

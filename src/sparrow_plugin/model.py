@@ -74,6 +74,9 @@ class SparrowModel(nn.Module):
         self.box_grounding = BoxGrounding(self.config.box, self.decoder) if self.config.box.proposer else None
         if self.box_grounding is not None:
             self.frozen_digests.update(self.box_grounding.frozen_digests())
+            released = getattr(host, "released_plugins", dict)().get("filtration")
+            if released:
+                self.box_grounding.load_released_filtration(released, gamma=self.config.box.release_gamma, source=type(host).__name__)
         self._inject_lora()
         self.trainable_groups = self._select_trainable()
 

@@ -18,8 +18,8 @@ from torch import nn
 from sparrow_plugin.checkpoints import weight_digests
 from sparrow_plugin.config import BoxSettings
 from sparrow_plugin.decoder import SAM2VideoDecoder
-from sparrow_plugin.errors import ConfigError
-from sparrow_plugin.grounding.filtration import Filtered, FiltrationConfig, FiltrationHead
+from sparrow_plugin.errors import CheckpointError, ConfigError
+from sparrow_plugin.grounding.filtration import AUTHORS_GAMMA, Filtered, FiltrationConfig, FiltrationHead
 from sparrow_plugin.grounding.proposer import Proposals
 from sparrow_plugin.grounding.releases import load_proposer_release
 from sparrow_plugin.interfaces import ImageFeatures
@@ -52,6 +52,23 @@ class BoxGrounding(nn.Module):
         self.filtration = FiltrationHead(
             FiltrationConfig(**{"token_dim": decoder.prompt_dim, "proposal_dim": self.proposer.config.d_model, "level_dims": levels, **settings.filtration})
         )
+
+    def load_released_filtration(self, state: dict[str, torch.Tensor], gamma: str, source: str) -> None:
+        """The filtration head of a host's release (the authors' sparrow-finetune), strictly;
+        ``gamma``: ``as_run`` sets the RoI weight to 0.1, as the authors' inference ran
+        (transformers 4.41 renamed the stored ``roi_fusion_gamma`` away), ``stored`` takes it."""
+        filtration = self.filtration
+        expected = filtration.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+        if missing or unexpected or wrong:
+            problem = "its filtration head does not match the one the recipe builds (box.filtration settings?)"
+            raise CheckpointError(source, problem + ("; shapes differ: " + ", ".join(wrong) if wrong else ""), missing, unexpected)
+        filtration.load_state_dict(state)
+        if gamma == "as_run":
+            with torch.no_grad():
+                filtration.roi_fusion_gamma.fill_(AUTHORS_GAMMA)
 
     def frozen_digests(self) -> dict[str, str]:
         """Digests of the proposer's weights (and its own image encoder's): a checkpoint of

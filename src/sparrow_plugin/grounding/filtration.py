@@ -32,7 +32,11 @@ from torchvision.ops import box_iou, generalized_box_iou, roi_align
 
 from sparrow_plugin.errors import ConfigError
 
-__all__ = ["FiltrationConfig", "FiltrationHead", "ProposalSelector", "RoIScorer", "Filtered", "filtration_targets", "filtration_losses", "top1_hit_rate"]
+__all__ = ["AUTHORS_GAMMA", "FiltrationConfig", "FiltrationHead", "ProposalSelector", "RoIScorer", "Filtered", "filtration_targets", "filtration_losses", "top1_hit_rate"]
+
+
+# the RoI logit's weight the authors initialise, and the one their inference ran with
+AUTHORS_GAMMA = 0.1
 
 
 @dataclass
@@ -61,7 +65,7 @@ class FiltrationConfig:
     hidden_dim: int = 256
     level_dims: tuple[int, ...] = (32, 64, 256)
     roi_size: int = 7
-    gamma: float = 0.1
+    gamma: float = AUTHORS_GAMMA
     use_roi: bool = True
     threshold: float = 0.4
     max_kept: int = 16

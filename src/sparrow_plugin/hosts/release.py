@@ -36,8 +36,10 @@ class KeyMap:
     Attributes:
         renames: ``(release prefix, our prefix)`` pairs, the first match wins; a key that
             matches none is unexpected.
-        split: ``(release prefix, part name)``: keys under the prefix are taken out (prefix
-            removed) and returned by part, e.g. the SAM2 weights for the decoder.
+        split: ``(release prefix, part name)`` or ``(release prefix, part name, part
+            prefix)``: keys under the prefix are taken out, the release prefix replaced by
+            the part prefix (default: removed), and returned by part, e.g. the SAM2 weights
+            for the decoder; several entries may fill one part.
         ignore: regular expressions of keys the reference does not load either (each use
             says why in the shim).
         substitutions: ``(regular expression, replacement)`` pairs applied, in order, to
@@ -46,19 +48,20 @@ class KeyMap:
     """
 
     renames: tuple[tuple[str, str], ...]
-    split: tuple[tuple[str, str], ...] = ()
+    split: tuple[tuple[str, ...], ...] = ()
     ignore: tuple[str, ...] = field(default_factory=tuple)
     substitutions: tuple[tuple[str, str], ...] = ()
 
     def apply(self, state: Mapping[str, torch.Tensor]) -> tuple[dict, dict[str, dict], list[str]]:
         """Returns (renamed state for the module, split parts, unmatched release keys)."""
-        renamed, parts, unmatched = {}, {name: {} for _, name in self.split}, []
+        renamed, parts, unmatched = {}, {entry[1]: {} for entry in self.split}, []
         for key, value in state.items():
             if any(re.search(pattern, key) for pattern in self.ignore):
                 continue
-            part = next(((p, name) for p, name in self.split if key.startswith(p)), None)
+            part = next((entry for entry in self.split if key.startswith(entry[0])), None)
             if part is not None:
-                parts[part[1]][key[len(part[0]) :]] = value
+                release_prefix, name, part_prefix = (*part, "")[:3]
+                parts[name][part_prefix + key[len(release_prefix) :]] = value
                 continue
             rule = next(((old, new) for old, new in self.renames if key.startswith(old)), None)
             if rule is None:
