@@ -1,11 +1,13 @@
 # sparrow-plugin: `make train` and `make test` set everything up on a fresh machine.
 #
-#   make train                      tiny host on the synthetic benchmark, on the CPU
+#   make train                      tiny host on the synthetic benchmark, on the CPU: its
+#                                   pre-training, stage 1, the proposer, stage 2, one table
 #   make train BASE=unipixel        a real host's stage-1 recipe (needs its checkpoints)
-#   make train BASE=unipixel TINY=1 the same recipe on a tiny configuration, on a CPU
+#   make train BASE=unipixel STAGE=2        its stage 2 (needs stage 1 and a proposer)
+#   make train BASE=unipixel TINY=1 [STAGE=2] the same recipe on a tiny configuration, on a CPU
 #   make test                       the test suite
 #
-# Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1), TINY (1), VENV, PYTHON.
+# Variables: BASE (tiny | videoglamm | unipixel | glus), STAGE (1 | 2), TINY (1), VENV, PYTHON.
 #
 # Python: 3.10 to 3.13 (pyproject.toml's requires-python). Without PYTHON, make builds $(VENV)
 # with the first of python3.11, python3.12, python3.13, python3.10, python3 whose version fits;
@@ -28,8 +30,9 @@ RECIPE := recipes/$(BASE)/stage$(STAGE).yaml
 RUN := $(OUT)/stage$(STAGE)
 INSTALLED := $(VENV)/.installed
 TINY_HOST := outputs/tiny/host
+TINY_PROPOSER := outputs/tiny/proposer
 
-.PHONY: setup train test data tiny-host clean python-check
+.PHONY: setup train test data tiny-host tiny-proposer clean python-check
 
 # --- Which Python -------------------------------------------------------------------------
 # The versions every pin in pyproject.toml installs on (keep in step with requires-python).
@@ -109,19 +112,41 @@ tiny-host-sam2:
 tiny-host-llm:
 	OMP_NUM_THREADS=1 $(SPARROW) fit --config recipes/tiny/pretrain_host.yaml --ckpt_path last
 
+# The tiny host's box proposer, pre-trained on the benchmark's COCO boxes with its SAM2
+tiny-proposer: $(TINY_PROPOSER)/release/config.json
+
+$(TINY_PROPOSER)/release/config.json: | $(INSTALLED) data tiny-host
+	$(SPARROW) fit --config recipes/tiny/proposer.yaml --ckpt_path last
+
 ifeq ($(BASE),tiny)
-train: $(INSTALLED) data tiny-host
-	@test -f $(RUN)/untrained.json || $(SPARROW) test --config $(RECIPE) --results $(RUN)/untrained.json
-	$(SPARROW) fit --config $(RECIPE) --ckpt_path last
-	$(SPARROW) test --config $(RECIPE) --ckpt_path $(RUN)/checkpoints/last.ckpt --results $(RUN)/trained.json
-	$(SPARROW) report $(RUN)/untrained.json $(RUN)/trained.json --names untrained trained
+# Stage 1 ([SEG]), then stage 2 (the filtration head over the proposer's boxes), each scored on
+# valid_u; stage 2 with each way of prompting SAM2, side by side with stage 1 and the untrained model.
+S1 := $(OUT)/stage1
+S2 := $(OUT)/stage2
+STAGE2 := recipes/tiny/stage2.yaml --ckpt_path $(S2)/checkpoints/last.ckpt
+train: $(INSTALLED) data tiny-host tiny-proposer
+	@test -f $(S1)/untrained.json || $(SPARROW) test --config recipes/tiny/stage1.yaml --results $(S1)/untrained.json
+	$(SPARROW) fit --config recipes/tiny/stage1.yaml --ckpt_path last
+	$(SPARROW) test --config recipes/tiny/stage1.yaml --ckpt_path $(S1)/checkpoints/last.ckpt --results $(S1)/trained.json
+	$(SPARROW) fit --config recipes/tiny/stage2.yaml --ckpt_path last
+	$(SPARROW) test --config $(STAGE2) --model.init_args.config.prompt box --results $(S2)/box.json
+	$(SPARROW) test --config $(STAGE2) --results $(S2)/box+seg.json
+	$(SPARROW) test --config $(STAGE2) --model.init_args.config.decoder.cond_frame best --results $(S2)/box+seg-best.json
+	$(SPARROW) report $(S1)/untrained.json $(S1)/trained.json $(S2)/box.json $(S2)/box+seg.json $(S2)/box+seg-best.json \
+		--names untrained seg box box+seg best --proposer $(TINY_PROPOSER)/release/recall.json
 else ifeq ($(TINY),1)
-# the host's own recipe on a tiny configuration of its architecture, on a CPU
+# the host's own recipe on a tiny configuration of its architecture, on a CPU; stage 2 starts
+# from the tiny stage 1 (run first when missing) and a tiny proposer on the tiny release's SAM2
+TINY_RUN = --model.init_args.host_args '{path: $(OUT)/release}' --trainer.default_root_dir $(1) \
+	--trainer.logger.init_args.save_dir $(1) --trainer.callbacks.init_args.dirpath $(1)/checkpoints --ckpt_path last
+TINY_STAGE2 = --model.init_args.init_from $(OUT)/stage1/checkpoints/last.ckpt \
+	--model.init_args.config.box.proposer $(OUT)/proposer --model.init_args.config.box.image_size 128
 train: $(INSTALLED) data
-	@test -f $(OUT)/release/config.json || $(SPARROW) tiny-release --host $(BASE) --out $(OUT)/release --data $(DATA)
-	$(SPARROW) fit --config $(RECIPE) --config recipes/overlays/tiny_cpu.yaml \
-		--model.init_args.host_args '{path: $(OUT)/release}' --trainer.default_root_dir $(RUN) \
-		--trainer.logger.init_args.save_dir $(RUN) --trainer.callbacks.init_args.dirpath $(RUN)/checkpoints --ckpt_path last
+	@test -f $(OUT)/release/config.json -a -f $(OUT)/proposer/config.json || \
+		$(SPARROW) tiny-release --host $(BASE) --out $(OUT)/release --data $(DATA) --proposer $(OUT)/proposer
+	$(if $(filter 2,$(STAGE)),@test -f $(OUT)/stage1/checkpoints/last.ckpt || $(SPARROW) fit --config recipes/$(BASE)/stage1.yaml \
+		--config recipes/overlays/tiny_cpu.yaml $(call TINY_RUN,$(OUT)/stage1))
+	$(SPARROW) fit --config $(RECIPE) --config recipes/overlays/tiny_cpu.yaml $(call TINY_RUN,$(RUN)) $(if $(filter 2,$(STAGE)),$(TINY_STAGE2))
 else
 train: $(INSTALLED)
 	$(SPARROW) fit --config $(RECIPE) --ckpt_path last

@@ -65,7 +65,7 @@ def test_nothing_kept_with_box_prompts_is_an_empty_mask(releases, synthetic_root
     batch = _batch(synthetic_root, kinds=["no_target", "appearance"])
     predictions = wrapper.model.predict(batch)
     assert all(p.masks is None and p.grounding_tokens == ["seg"] for p in predictions)
-    wrapper._update_metric(wrapper.metrics["test"], batch, predictions)
+    wrapper._update_metric("test", batch, predictions)
     assert wrapper.metrics["test"].compute()["no_target/J&F"] == 1.0
 
 

@@ -130,6 +130,35 @@ def test_stage1_recipe_fast_dev_run(shim, tmp_path, synthetic_root):
     assert_one_step_trained(cli)
 
 
+def test_stage2_recipe_trains_the_filtration_head_on_a_one_step_stage1(shim, tmp_path, synthetic_root):
+    """recipes/<host>/stage2.yaml on the tiny release: from a stage-1 checkpoint and a tiny
+    proposer on the release's own SAM2 (what `make train BASE=<host> TINY=1 STAGE=2` runs)."""
+    from sparrow_plugin.decoder import build_sam2
+    from sparrow_plugin.grounding.proposer import ClassAgnosticProposer
+    from sparrow_plugin.grounding.releases import tiny_proposer_config, write_proposer_release
+
+    name, host_class, release = shim
+    spec = host_class.from_pretrained(release).decoder_spec()
+    encoder = build_sam2(spec.config, state_dict=spec.state_dict, overrides=spec.overrides).image_encoder
+    write_proposer_release(tmp_path / "proposer", ClassAgnosticProposer(tiny_proposer_config(encoder.neck.d_model)), encoder, spec.config)
+
+    def fit(stage: int, *extra: str):
+        folder = tmp_path / f"stage{stage}"
+        return run([
+            "fit", "--config", str(RECIPES / name / f"stage{stage}.yaml"), "--config", str(RECIPES / "overlays" / "tiny_cpu.yaml"),
+            "--model.init_args.host_args", f"{{path: {release}}}", "--data.init_args.root", str(synthetic_root),
+            "--trainer.default_root_dir", str(folder), "--trainer.logger.init_args.save_dir", str(folder),
+            "--trainer.callbacks.init_args.dirpath", str(folder / "ckpt"), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", *extra,
+        ])
+
+    fit(1)
+    cli = fit(2, "--model.init_args.init_from", str(tmp_path / "stage1" / "ckpt" / "last.ckpt"),
+              "--model.init_args.config.box.proposer", str(tmp_path / "proposer"), "--model.init_args.config.box.image_size", "128")
+    trained = {group for group, params in cli.model.trainable_groups.items() if params}
+    assert trained == {"filtration", "lora", "seg_adapter"}  # as the authors' stage 2
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/proposal"])
+
+
 def test_missing_release_names_what_to_download(shim, tmp_path):
     _, host_class, _ = shim
     with pytest.raises(CheckpointError, match=rf"missing downloads.*\n  {tmp_path / 'absent'}: the .*release folder"):

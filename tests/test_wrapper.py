@@ -163,7 +163,7 @@ def test_a_cut_off_answer_is_reported_apart_from_no_target(synthetic_root):
     ForcedAnswer(wrapper.host.llm.get_output_embeddings(), tokens=[target_word, target_word])  # never stops
     predictions = wrapper.model.predict(batch)
     assert all(p.truncated and p.masks is None for p in predictions)
-    wrapper._update_metric(wrapper.metrics["test"], batch, predictions)
+    wrapper._update_metric("test", batch, predictions)
     results = wrapper.metrics["test"].compute()
     assert results["truncated"] == 2 and results["no_seg"] == 2
 

@@ -100,8 +100,10 @@ def _overview() -> str:
 
 
 def format_report(columns: dict[str, dict]) -> str:
-    """A table of J, F, J&F (and counts) per expression kind, one column per result set,
-    then a warning line for each result set whose ``protocol_deviations`` are not empty.
+    """A table of J, F, J&F (and counts) per expression kind, one column per result set
+    (J&F alone beyond three sets, so that the table fits a terminal), the filtration head's
+    ``hit@1`` where a set has it, then a warning line for each result set whose
+    ``protocol_deviations`` are not empty.
 
     The count columns hold one number per result set, joined by '/': ``no [SEG]`` (answers
     without [SEG], scored as empty masks) and ``cut off`` (answers cut by max_new_tokens).
@@ -110,9 +112,11 @@ def format_report(columns: dict[str, dict]) -> str:
         {key.split("/")[0] for results in columns.values() for key in results if "/" in key}, key=_kind_order
     )
     names = list(columns)
-    header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}{'cut off':>9}" + "".join(
-        f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names
-    )
+    compact = len(names) > 3
+    if compact:
+        header = f"{'kind':<12}{'n':>5}{'no [SEG]':>20}{'cut off':>18}" + "".join(f"{name + ' J&F':>{max(12, len(name) + 6)}}" for name in names)
+    else:
+        header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}{'cut off':>9}" + "".join(f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names)
     lines = [header, "-" * len(header)]
     for kind in kinds:
         prefix = "" if kind == "overall" else f"{kind}/"
@@ -120,12 +124,19 @@ def format_report(columns: dict[str, dict]) -> str:
         if f"{prefix}J" not in first:
             continue
         row = f"{kind:<12}{int(first.get(prefix + 'expressions', 0)):>5}"
-        for count, width in (("no_seg", 10), ("truncated", 9)):
+        for count, width in (("no_seg", 20 if compact else 10), ("truncated", 18 if compact else 9)):
             row += f"{'/'.join(str(int(c.get(prefix + count, 0))) for c in columns.values()):>{width}}"
-        for results in columns.values():
+        for name, results in columns.items():
+            if compact:
+                row += f"{results.get(prefix + 'J&F', float('nan')):>{max(12, len(name) + 6)}.3f}"
+                continue
             row += f"{results.get(prefix + 'J', float('nan')):>14.3f}{results.get(prefix + 'F', float('nan')):>8.3f}"
             row += f"{results.get(prefix + 'J&F', float('nan')):>8.3f}"
         lines.append(row)
+    if any("hit@1" in results for results in columns.values()):
+        lines.append("hit@1 (the filtration head's most confident box is the target's, IoU >= 0.5): " + ", ".join(
+            f"{name} {results['hit@1']:.3f}" for name, results in columns.items() if "hit@1" in results
+        ))
     for name, results in columns.items():
         if results.get("protocol_deviations"):
             lines.append(f"WARNING {name}: not the benchmark protocol: {'; '.join(results['protocol_deviations'])}")
@@ -168,23 +179,35 @@ def _tiny_release_command(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="release folder to write")
     parser.add_argument("--data", required=True, help="synthetic benchmark whose train expressions make the vocabulary")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--proposer", default=None, help="also write a tiny proposer release on the host's SAM2 here (for its stage 2)")
     args = parser.parse_args(argv)
     import importlib
 
     from sparrow_plugin.data.mevis import MeViSDataset
-    from sparrow_plugin.registry import KNOWN_HOST_MODULES
+    from sparrow_plugin.registry import KNOWN_HOST_MODULES, get_host_factory
 
     if args.host not in KNOWN_HOST_MODULES or args.host == "tiny":
         raise SparrowError(f"no tiny release for host {args.host!r}; hosts with one: videoglamm, unipixel, glus")
     writer = importlib.import_module(f"{KNOWN_HOST_MODULES[args.host]}.tiny").write_tiny_release
     vocabulary = [e.text for e in MeViSDataset(args.data, "train", image_size=32).expressions]
-    print(f"tiny {args.host} release written to {writer(args.out, vocabulary, seed=args.seed)}")
+    release = writer(args.out, vocabulary, seed=args.seed)
+    print(f"tiny {args.host} release written to {release}")
+    if args.proposer:
+        from sparrow_plugin.decoder import build_sam2
+        from sparrow_plugin.grounding.proposer import ClassAgnosticProposer
+        from sparrow_plugin.grounding.releases import tiny_proposer_config, write_proposer_release
+
+        spec = get_host_factory(args.host)(path=release).decoder_spec()
+        encoder = build_sam2(spec.config, state_dict=spec.state_dict, overrides=spec.overrides).image_encoder
+        proposer = ClassAgnosticProposer(tiny_proposer_config(encoder.neck.d_model))
+        print(f"tiny proposer release on its SAM2 written to {write_proposer_release(args.proposer, proposer, encoder, spec.config)}")
 
 
 def _report_command(argv: list[str]) -> None:
     parser = _Parser(prog="sparrow report", description="compare results files side by side")
     parser.add_argument("files", nargs="+", help="JSON files written by `sparrow test --results`")
     parser.add_argument("--names", nargs="+", help="column names, one per file (default: file stems)")
+    parser.add_argument("--proposer", default=None, help="a proposer's recall.json (written by its pre-training), printed below the table")
     args = parser.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.files):
         raise SparrowError(f"sparrow report: {len(args.names)} names for {len(args.files)} files; give one name per file or none")
@@ -193,16 +216,28 @@ def _report_command(argv: list[str]) -> None:
         raise SparrowError(f"sparrow report: column names must differ, got {names} (name them with --names)")
     columns = {name: _read_results(Path(file)) for name, file in zip(names, args.files)}
     print(format_report(columns))
+    if args.proposer:
+        recall = _read_json(Path(args.proposer), "a proposer's recall.json (sparrow fit --config recipes/<host>/proposer.yaml writes it)")
+        print("proposer: " + ", ".join(f"{name} {value:.3f}" for name, value in recall.items() if name.startswith("AR@")) + f" ({recall.get('queries', '?')} queries)")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise SparrowError(f"{path}: file not found ({what})")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise SparrowError(f"{path}: not a results file, it is not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise SparrowError(f"{path}: expected a JSON object ({what})")
+    return content
 
 
 def _read_results(path: Path) -> dict:
     if not path.is_file():
         raise SparrowError(f"{path}: results file not found (write it with `sparrow test --results {path}`)")
-    try:
-        results = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SparrowError(f"{path}: not a results file, it is not valid JSON ({error})") from None
-    if not isinstance(results, dict) or "J&F" not in results:
+    results = _read_json(path, "a results file of `sparrow test --results`")
+    if "J&F" not in results:
         raise SparrowError(f"{path}: not a results file of `sparrow test --results` (no 'J&F' entry)")
     return results
 

@@ -155,7 +155,9 @@ class BoxSettings:
         image_size: input size of a ``separate`` feature pass.
         filtration: FiltrationConfig fields (``threshold``, ``max_kept``, ``use_roi``, ...).
         fallback: when no proposal passes the threshold: ``best`` keeps the best one (the
-            authors'), ``seg`` keeps none and prompts with [SEG] alone.
+            authors'), ``seg`` keeps none and prompts SAM2 with [SEG] alone (with ``prompt:
+            box+seg``), ``empty`` keeps none and the mask is empty (the filtration head's
+            "nothing there").
         regression: also train the selector's box head (L1 + GIoU; the code: off).
         objects: ``per_box``: one SAM2 object per kept box, the expression's mask their
             union; ``max_pool``: the authors', one object per token whose masks of all its
@@ -175,7 +177,7 @@ class BoxSettings:
     features: Literal["decoder", "separate"] = "decoder"
     image_size: int = 448
     filtration: dict = field(default_factory=dict)
-    fallback: Literal["best", "seg"] = "best"
+    fallback: Literal["best", "seg", "empty"] = "best"
     regression: bool = False
     objects: Literal["per_box", "max_pool"] = "per_box"
     also_train: list[str] = field(default_factory=list)

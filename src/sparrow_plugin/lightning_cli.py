@@ -264,12 +264,11 @@ def _accelerator_problems(config, recipe_files) -> list[str]:
         return []
     where = ", ".join(map(str, recipe_files)) or "the command line"
     base = _model_base(config)
-    tiny = f"make train BASE={base} TINY=1, or " if base in KNOWN_HOST_MODULES and base != "tiny" else ""
-    return [
-        f"{where}: trainer.accelerator is {accelerator!r}, and this machine has no CUDA GPU (torch.cuda.is_available() is False). "
-        f"This recipe needs GPUs; its tiny form runs on a CPU: {tiny}add --config recipes/overlays/tiny_cpu.yaml "
-        "with a tiny release (sparrow tiny-release)"
-    ]
+    if base in KNOWN_HOST_MODULES and base != "tiny":
+        tiny = f"its tiny form runs on a CPU: make train BASE={base} TINY=1, or add --config recipes/overlays/tiny_cpu.yaml with a tiny release (sparrow tiny-release)"
+    else:
+        tiny = "its CPU counterparts are the recipes under recipes/tiny/"
+    return [f"{where}: trainer.accelerator is {accelerator!r}, and this machine has no CUDA GPU (torch.cuda.is_available() is False). This recipe needs GPUs; {tiny}"]
 
 
 def _model_base(config):

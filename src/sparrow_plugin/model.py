@@ -120,7 +120,7 @@ class SparrowModel(nn.Module):
             "seg_adapter": list(self.seg_adapter.parameters()),
             "mask_decoder": self._trained_mask_decoder_parameters(),
             "box_adapter": list(self.box_adapter.parameters()) if self.box_adapter is not None else [],
-            "filtration": list(self.box_grounding.filtration.parameters()) if self.box_grounding is not None else [],
+            "filtration": self.box_grounding.filtration.trained_parameters(self.config.box.regression) if self.box_grounding is not None else [],
         }
         assert set(groups) == set(PARAMETER_GROUPS)
         active = set(STAGE_GROUPS[self.config.stage]) | (set(self.config.box.also_train) if self.config.stage == 2 else set())
@@ -221,7 +221,7 @@ class SparrowModel(nn.Module):
         selector = self.box_grounding.filtration.proposal_selector
         predicted = selector.regress(tokens, proposals.embeddings) if self.config.box.regression else None
         losses = filtration_losses(filtered, targets, predicted, object_boxes)
-        losses["hit@1"] = top1_hit_rate(filtered.logits, proposals.boxes, object_boxes)
+        losses["proposal_hit@1"] = top1_hit_rate(filtered.logits, proposals.boxes, object_boxes)  # a measurement, not a loss
         return losses
 
     def query_embedding(self, states: torch.Tensor, role: str) -> torch.Tensor:
@@ -335,12 +335,15 @@ class SparrowModel(nn.Module):
         with_token = self.config.prompt == "box+seg"
         for g, row in enumerate(seg_rows.tolist()):
             choice = choices[int(best[g])]
-            if each_frame:
-                yield row, self._decode_on_each_frame(batch, features, row, seg_tokens[g], queries[g], with_token), choice.frame
+            if each_frame:  # the box is the prompted frame's best, for the record (hit@1)
+                masks = self._decode_on_each_frame(batch, features, row, seg_tokens[g], queries[g], with_token)
+                best_box = choice.scores[g].argmax() if len(choice.scores[g]) else None
+                box, score = (choice.boxes[g][best_box], choice.scores[g][best_box]) if best_box is not None else (None, None)
+                yield row, masks._replace(box=box, box_score=score), choice.frame
                 continue
             boxes, scores = choice.boxes[g], choice.scores[g]
-            if not len(boxes):  # nothing kept: the [SEG] token alone, or nothing to prompt with
-                if with_token:
+            if not len(boxes):  # nothing kept: the [SEG] token alone (fallback seg), or an empty mask
+                if with_token and self.config.box.fallback == "seg":
                     decoded = self.decoder.decode(features, seg_tokens[g : g + 1], clip_index=seg_rows[g : g + 1], cond_frame=choice.frame)
                     yield row, _Object(decoded.mask_logits[0], decoded.object_logits[0]), choice.frame
                 continue
@@ -362,7 +365,7 @@ class SparrowModel(nn.Module):
         filtered = self.box_grounding.filter(queries, proposals, levels)
         probabilities = filtered.logits.sigmoid()
         kept = filtered.kept
-        if self.config.box.fallback == "seg":  # no proposal passes: keep none
+        if self.config.box.fallback != "best":  # no proposal passes: keep none
             kept = kept & (probabilities >= self.box_grounding.filtration.config.threshold)
         return _Kept(
             frame=frame,
@@ -378,7 +381,7 @@ class SparrowModel(nn.Module):
         logits, scores = [], []
         for frame in range(batch.frames.shape[1]):
             boxes = self._keep_boxes(batch, features, torch.tensor([row], device=device), query[None], frame).boxes[0]
-            if not len(boxes) and not with_token:  # nothing kept and no token: an empty mask
+            if not len(boxes) and not (with_token and self.config.box.fallback == "seg"):  # nothing kept: an empty mask
                 logits.append(torch.full((size, size), NO_OBJ_SCORE, device=device))
                 scores.append(torch.tensor(NO_OBJ_SCORE, device=device))
                 continue

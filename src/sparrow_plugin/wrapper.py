@@ -24,7 +24,7 @@ from sparrow_plugin.checkpoints import read_checkpoint, setting_differences, tra
 from sparrow_plugin.config import SparrowConfig, flat_settings
 from sparrow_plugin.errors import CheckpointError, ConfigError, SparrowWarning
 from sparrow_plugin.interfaces import HostAdapter, Prediction, VideoBatch
-from sparrow_plugin.metrics import MeViSMetric
+from sparrow_plugin.metrics import MeViSMetric, TopBoxHitRate
 from sparrow_plugin.model import SparrowModel
 from sparrow_plugin.registry import check_host_arguments, get_host_factory, missing_host_inputs
 from sparrow_plugin.schedules import fit_to_trainer
@@ -65,6 +65,8 @@ class SparrowWrapper(L.LightningModule):
         if init_from is not None:
             self._start_from(init_from)
         self.metrics = nn.ModuleDict({stage: MeViSMetric(config.kinds) for stage in ("val", "test")})
+        # with boxes: how often the most confident kept box is the target's
+        self.box_hits = nn.ModuleDict({stage: TopBoxHitRate() for stage in ("val", "test")}) if self.model.box_grounding is not None else None
         self.test_results: dict[str, Any] = {}
         self.strict_loading = False  # checkpoints hold only what trains; checked in on_load_checkpoint
 
@@ -114,10 +116,10 @@ class SparrowWrapper(L.LightningModule):
     def validation_step(self, batch: VideoBatch, batch_idx: int):
         if batch.has_targets:
             self._log_losses("val", self.model.training_losses(batch), len(batch))
-        self._update_metric(self.metrics["val"], batch, self.model.predict(batch))
+        self._update_metric("val", batch, self.model.predict(batch))
 
     def test_step(self, batch: VideoBatch, batch_idx: int):
-        self._update_metric(self.metrics["test"], batch, self.model.predict(batch))
+        self._update_metric("test", batch, self.model.predict(batch))
 
     def predict_step(self, batch: VideoBatch, batch_idx: int) -> list[dict]:
         return [
@@ -139,20 +141,25 @@ class SparrowWrapper(L.LightningModule):
 
     def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int) -> None:
         for name, value in losses.items():
-            if torch.isnan(value):  # a measurement with nothing to measure in this batch (hit@1)
+            if torch.isnan(value):  # a measurement with nothing to measure in this batch (proposal_hit@1)
                 continue
             epoch_level = stage != "train"
             self.log(
                 f"{stage}/{name}", value, batch_size=batch_size, prog_bar=name == "loss", on_step=not epoch_level, on_epoch=epoch_level, sync_dist=epoch_level
             )
 
-    def _update_metric(self, metric: MeViSMetric, batch: VideoBatch, predictions: list[Prediction]) -> None:
+    def _update_metric(self, stage: str, batch: VideoBatch, predictions: list[Prediction]) -> None:
+        metric = self.metrics[stage]
         if batch.full_masks is None:
             return  # a split without masks: validation has nothing to score (test refuses it)
-        for prediction, gt, kind, index in zip(predictions, batch.full_masks, batch.kinds, batch.indices.tolist()):
+        for row, (prediction, gt, kind, index) in enumerate(zip(predictions, batch.full_masks, batch.kinds, batch.indices.tolist())):
             emitted = prediction.masks is not None
             mask = prediction.masks if emitted else torch.zeros_like(gt, dtype=torch.bool)
             metric.update(mask, gt.bool(), kind=kind, emitted_seg=emitted, sample_index=index, truncated=prediction.truncated)
+            if self.box_hits is not None and batch.object_boxes is not None:
+                visible = batch.object_visible[row][:, prediction.cond_frame]
+                targets = batch.object_boxes[row][visible, prediction.cond_frame]
+                self.box_hits[stage].update(index, prediction.boxes, prediction.box_scores, targets)
 
     # ------------------------------------------------------------------ metrics
 
@@ -180,6 +187,11 @@ class SparrowWrapper(L.LightningModule):
         metric = self.metrics[stage]
         results = metric.compute()
         metric.reset()
+        if self.box_hits is not None:
+            results["hit@1"] = float(self.box_hits[stage].compute())
+            self.box_hits[stage].reset()
+            if results["hit@1"] == results["hit@1"]:  # not NaN
+                self.log(f"{stage}/hit@1", results["hit@1"], sync_dist=True)
         for name, value in results.items():
             if name.rsplit("/", 1)[-1] in ("J", "F", "J&F"):  # counts go to the results file
                 # the same value on every rank (the metric gathered them): syncing is a no-op

@@ -47,14 +47,19 @@ class BoxSource:
         images: folder its ``file_name`` entries are relative to (default: the JSON's folder).
         head: the objectness head it trains: ``coco`` (COCO-like boxes) or ``sa1b``.
         weight: images of this source per epoch, as a multiple of its size (1: each once).
+        samples: images of this source per epoch, whatever its size (the authors'
+            ``--samples-per-dataset 20000``); overrides ``weight``.
     """
 
     annotations: str
     images: str | None = None
     head: str = "coco"
     weight: float = 1.0
+    samples: int | None = None
 
     def __post_init__(self):
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError(f"box source samples must be >= 1, got {self.samples} ({self.annotations})")
         if self.head not in OBJECTNESS_HEADS:
             raise ConfigError(f"box source head must be one of {OBJECTNESS_HEADS}, got {self.head!r} ({self.annotations})")
         if self.weight <= 0:
@@ -202,10 +207,25 @@ class BoxDataModule(L.LightningDataModule):
         if not self.sources:
             raise ConfigError("the proposer's box data needs at least one source")
 
+    @classmethod
+    def missing_inputs(cls, stage: str, init_args: dict) -> list[str]:
+        """The box files a stage reads that are not on disk (asked before anything loads)."""
+        sources = list(init_args.get("sources") or []) if stage == "fit" else []
+        sources += list(init_args.get("val_sources") or [])
+        missing = []
+        for source in sources:
+            annotations = Path(source["annotations"])
+            if not annotations.is_file():
+                missing.append(f"{annotations}: COCO-format box annotations (a proposer data source)")
+            elif source.get("images") and not Path(source["images"]).is_dir():
+                missing.append(f"{source['images']}: the images of {annotations}")
+        return missing
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         datasets = [CocoBoxes(s, hp.image_size, train=True, index=i) for i, s in enumerate(self.sources)]
-        sampler = SourceBatchSampler([len(d) for d in datasets], [s.weight for s in self.sources], hp.batch_size, seed=hp.seed)
+        weights = [s.samples / len(d) if s.samples is not None else s.weight for s, d in zip(self.sources, datasets)]
+        sampler = SourceBatchSampler([len(d) for d in datasets], weights, hp.batch_size, seed=hp.seed)
         return DataLoader(ConcatDataset(datasets), batch_sampler=sampler, collate_fn=collate_boxes, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -167,6 +167,17 @@ class FiltrationHead(nn.Module):
         self.roi_helper = RoIScorer(config.token_dim, config.hidden_dim, config.level_dims, config.roi_size) if config.use_roi else None
         self.roi_fusion_gamma = nn.Parameter(torch.tensor(float(config.gamma)))
 
+    def trained_parameters(self, regression: bool) -> list[nn.Parameter]:
+        """The parameters a loss reaches: without ``fuse_proj`` (its refined embedding is
+        read by nothing), the box head only with ``regression``, gamma only with the RoI
+        scorer. (Parameters without a gradient would also stall DDP.)"""
+        unused = set(map(id, self.proposal_selector.fuse_proj.parameters()))
+        if not regression:
+            unused |= set(map(id, self.proposal_selector.box_head.parameters()))
+        if self.roi_helper is None:
+            unused.add(id(self.roi_fusion_gamma))
+        return [p for p in self.parameters() if id(p) not in unused]
+
     def forward(self, tokens: torch.Tensor, proposal_embeddings: torch.Tensor, proposal_scores: torch.Tensor, proposal_boxes: torch.Tensor,
                 levels: list[torch.Tensor] | None = None, max_kept: int | None = None) -> Filtered:
         """Score and keep proposals for N tokens.

@@ -9,6 +9,7 @@ written as a release in the authors' layout, which stage 2 reads like theirs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -64,6 +65,12 @@ class ProposerPretraining(L.LightningModule):
         self.recall = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", max_detection_thresholds=list(RECALL_AT))
         self.strict_loading = False  # checkpoints leave out the frozen encoder (see on_save_checkpoint)
 
+    @classmethod
+    def missing_inputs(cls, stage: str, init_args: dict) -> list[str]:
+        """The SAM2 weights, if named and absent (asked before anything loads)."""
+        weights = init_args.get("sam2_weights")
+        return [f"{weights}: the SAM2 weights of the frozen image encoder (an official checkpoint, or a SAM2 state dict)"] if weights and not Path(weights).is_file() else []
+
     def training_step(self, batch: dict, batch_idx: int):
         losses = proposer_losses(self.proposer(self.features(batch["images"])), batch["boxes"], batch["head"])
         size = len(batch["images"])
@@ -109,7 +116,10 @@ class ProposerPretraining(L.LightningModule):
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:
-            write_proposer_release(self.hparams.output, self.proposer, self.features.image_encoder, self.hparams.sam2_config)
+            release = write_proposer_release(self.hparams.output, self.proposer, self.features.image_encoder, self.hparams.sam2_config)
+            recall = {name[len("val/") :]: float(value) for name, value in self.trainer.callback_metrics.items() if name.startswith("val/AR@")}
+            if recall:  # the last validation's, for `sparrow report --proposer`
+                (release / "recall.json").write_text(json.dumps({**recall, "queries": self.proposer.config.num_queries}, indent=1))
 
 
 def _sam2_weights(path: str | None) -> dict:
