@@ -177,17 +177,24 @@ class SparrowModel(nn.Module):
         if not self._trains_masks():
             rows = rows[:0]
         if rows.numel():
-            states = output.grounding_states[rows, positions + self.host.grounding_offset]
+            tokens = self.seg_adapter(output.grounding_states[rows, positions + self.host.grounding_offset])
             frame_ids, cond = self.training_frames(batch, rows)
             wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
             wanted[rows[:, None], frame_ids] = True
             features = self.decoder.encode(batch.frames, wanted)
-            decoded = self.decoder.decode(features, self.seg_adapter(states), clip_index=rows, cond_frame=cond, frame_ids=frame_ids)
-            targets = batch.masks[rows[:, None], frame_ids]
-            losses["bce"] = mask_bce_loss(decoded.mask_logits, targets)
-            losses["dice"] = mask_dice_loss(decoded.mask_logits, targets)
-            if self.presence_weight > 0:
-                losses["presence"] = presence_loss(decoded.object_logits, targets)
+            if self.config.stage == 2 and self.config.prompt != "seg":
+                decoded = self._decode_with_true_boxes(batch, features, rows, tokens, frame_ids, cond)
+            else:
+                out = self.decoder.decode(features, tokens, clip_index=rows, cond_frame=cond, frame_ids=frame_ids)
+                decoded = out.mask_logits, out.object_logits, batch.masks[rows[:, None], frame_ids]
+            if decoded is None:
+                rows = rows[:0]  # nothing decoded: the zero term below keeps DDP's reducer whole
+            else:
+                logits, object_logits, targets = decoded
+                losses["bce"] = mask_bce_loss(logits, targets)
+                losses["dice"] = mask_dice_loss(logits, targets)
+                if self.presence_weight > 0:
+                    losses["presence"] = presence_loss(object_logits, targets)
         loss = self.config.loss
         weights = {"ce": loss.ce, "bce": loss.bce, "dice": loss.dice, "presence": self.presence_weight, "proposal": loss.proposal, "proposal_box": loss.proposal_box}
         total = sum(weights[name] * value for name, value in losses.items() if name in weights)  # the rest are measurements
@@ -198,8 +205,54 @@ class SparrowModel(nn.Module):
 
     def _trains_masks(self) -> bool:
         """Whether the mask losses reach anything that trains: always in stage 1; in stage 2
-        only when it trains stage-1 groups too (they are decoded with the [SEG] prompt)."""
+        only when it trains stage-1 groups too."""
         return self.config.stage == 1 or bool(self.config.box.also_train)
+
+    def _decode_with_true_boxes(self, batch: VideoBatch, features, rows, tokens, frame_ids, cond):
+        """Stage 2's mask losses with the prompt the model answers with (``box`` or
+        ``box+seg``), the boxes being the referred objects' true ones (what a perfect
+        filtration head keeps): one SAM2 object per object, prompted on the prompted frame
+        (``track``) or on each frame with that frame's box (``per_frame``), each trained on
+        its own object's mask. A sample whose objects are nowhere in view is prompted with
+        its [SEG] alone (``box+seg``) and trained on the empty mask.
+
+        Returns (N, W, S, S) mask logits, (N, W) object logits and (N, W, S, S) targets over
+        every object and frame of the batch (W = 1 in ``per_frame`` mode)."""
+        per_frame, with_token = self.config.decoder.mode == "per_frame", self.config.prompt == "box+seg"
+        boxed, alone = [], []  # (sample position in rows, object, frames, prompted position, box frame)
+        for i, row in enumerate(rows.tolist()):
+            visible = batch.object_visible[row]
+            frames = frame_ids[i].tolist()
+            objects = [(k, [f], 0, f) for k in range(len(visible)) for f in frames if visible[k, f]] if per_frame else [
+                (k, frames, int(cond[i]), frames[int(cond[i])]) for k in range(len(visible)) if visible[k, frames[int(cond[i])]]
+            ]
+            boxed += [(i, *obj) for obj in objects]
+            if not objects and with_token:
+                alone.append(i)
+        logits, object_logits, targets = [], [], []
+        size = self.decoder.image_size
+        groups: dict[int, list] = {}  # decoded together: objects with windows of one length
+        for entry in boxed:
+            groups.setdefault(len(entry[2]), []).append(entry)
+        for entries in groups.values():
+            sample = torch.tensor([e[0] for e in entries], device=rows.device)
+            boxes = torch.stack([batch.object_boxes[rows[e[0]]][e[1], e[4]] for e in entries]).to(rows.device) * size
+            decoded = self.decoder.decode(
+                features, tokens[sample] if with_token else None, clip_index=rows[sample], boxes=boxes[:, None],
+                cond_frame=torch.tensor([e[3] for e in entries], device=rows.device), frame_ids=torch.tensor([e[2] for e in entries], device=rows.device),
+            )
+            logits.append(decoded.mask_logits.flatten(0, 1))
+            object_logits.append(decoded.object_logits.flatten(0, 1))
+            targets.append(torch.stack([batch.object_masks[rows[e[0]]][e[1], e[2]] for e in entries]).to(rows.device).flatten(0, 1))
+        if alone:
+            sample = torch.tensor(alone, device=rows.device)
+            decoded = self.decoder.decode(features, tokens[sample], clip_index=rows[sample], cond_frame=cond[sample], frame_ids=frame_ids[sample])
+            logits.append(decoded.mask_logits.flatten(0, 1))
+            object_logits.append(decoded.object_logits.flatten(0, 1))
+            targets.append(batch.masks[rows[sample][:, None], frame_ids[sample]].flatten(0, 1))
+        if not logits:  # prompt 'box' and no target in view: nothing to prompt SAM2 with
+            return None
+        return torch.cat(logits)[:, None], torch.cat(object_logits)[:, None], torch.cat(targets)[:, None]
 
     def _filtration_losses(self, batch: VideoBatch, inputs, output) -> dict[str, torch.Tensor]:
         """Stage 2: the filtration head on the proposals of the frame SAM2 is prompted on
