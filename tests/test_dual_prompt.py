@@ -6,6 +6,7 @@ import torch
 
 from sparrow_plugin import SparrowWrapper
 from sparrow_plugin.config import SparrowConfig
+from sparrow_plugin.decoder import SAM2VideoDecoder
 from sparrow_plugin.decoder.build import build_sam2
 from sparrow_plugin.errors import CheckpointError, ConfigError
 from sparrow_plugin.grounding.proposer import ClassAgnosticProposer
@@ -96,6 +97,51 @@ def test_cond_frame_best_prompts_the_frame_with_the_most_confident_box(releases,
     assert [p.cond_frame for p in predictions] == expected
 
 
+def test_re_anchoring_prompts_a_lost_object_again_and_leaves_earlier_frames_alone():
+    """SAM2 re-prompted on a frame where the object is lost: the frames tracked before it
+    are unchanged, the frame is recorded as prompted, and a re-anchoring that never fires
+    (or finds no box) changes nothing."""
+    torch.manual_seed(0)
+    decoder = SAM2VideoDecoder(build_sam2(TINY_SAM2)).eval()
+    frames = torch.rand(1, 6, 3, 128, 128)
+    features = decoder.encode(frames)
+    box = torch.tensor([[[20.0, 30.0, 70.0, 90.0]]])
+    asked = []
+
+    def box_on_frame(wanted):
+        def re_anchor(obj, frame, presence, tracked, last_box):
+            asked.append((obj, frame))
+            assert isinstance(presence, float) and (tracked is None or tracked.shape == (4,))
+            assert last_box is not None and last_box.shape == (4,)  # where it was last seen (its prompt box at first)
+            return torch.tensor([60.0, 10.0, 120.0, 60.0]) if frame == wanted else None
+        return re_anchor
+
+    with torch.no_grad():
+        plain = decoder.decode(features, None, boxes=box, cond_frame=1)
+        never = decoder.decode(features, None, boxes=box, cond_frame=1, re_anchor=box_on_frame(None))
+        asked.clear()
+        on_3 = decoder.decode(features, None, boxes=box, cond_frame=1, re_anchor=box_on_frame(3))
+    assert plain.prompted_frames == never.prompted_frames == [[1]]
+    torch.testing.assert_close(never.mask_logits, plain.mask_logits)
+    assert on_3.prompted_frames == [[1, 3]]
+    assert asked == [(0, t) for t in (2, 3, 4, 5, 0)]  # every tracked frame is asked: forward, then back
+    torch.testing.assert_close(on_3.mask_logits[:, 1:3], plain.mask_logits[:, 1:3])  # tracked before the re-prompt
+    assert not torch.allclose(on_3.mask_logits[:, 3], plain.mask_logits[:, 3])
+
+
+@pytest.mark.parametrize("trigger", [{"re_anchor": 1e9}, {"re_anchor_drift": 1.0}])
+def test_re_anchoring_in_the_model_records_the_frames_it_prompted(releases, synthetic_root, trigger):
+    """Lost on every frame (presence below 1e9), or drifted on every frame (IoU below 1):
+    with a box kept everywhere, the object is prompted on every frame."""
+    wrapper = _wrapper(releases, decoder=trigger, box={"proposer": str(releases / "proposer"), "query": "seg",
+                                                       "filtration": {"threshold": 1e-6, "max_kept": 1}}).eval()
+    seg, eos = wrapper.model.role_ids["seg"], wrapper.host.tokenizer.eos_token_id
+    ForcedAnswer(wrapper.host.llm.get_output_embeddings(), tokens=[seg, eos])
+    batch = _batch(synthetic_root, size=1)
+    prediction = wrapper.model.predict(batch)[0]
+    assert prediction.prompted_frames == [list(range(batch.frames.shape[1]))]
+
+
 def test_stage2_trains_the_filtration_head_and_leaves_stage1_bit_for_bit(releases, synthetic_root, tmp_path):
     stage1 = _wrapper(releases, prompt="seg", box={}, stage=1)
     with torch.no_grad():  # weights a stage 1 could have trained
@@ -148,6 +194,8 @@ def test_settings_that_cannot_work_are_refused():
         SparrowConfig.from_dict({"box": {"proposer": "somewhere"}, "prompt": "box"})
     with pytest.raises(ConfigError, match="cond_frame 'best'"):
         SparrowConfig.from_dict({"decoder": {"cond_frame": "best"}})
+    with pytest.raises(ConfigError, match="decoder.re_anchor re-prompts a tracked object"):
+        SparrowConfig.from_dict({"decoder": {"re_anchor": 0.0}})
 
 
 def test_answers_carry_box_before_seg_when_asked(releases):

@@ -94,9 +94,15 @@ class DecoderSettings:
             frame where the target is visible, drawn at random among them by the data
             pipeline (``VideoBatch.cond_frames``).
         best_of: frames ``cond_frame: best`` compares.
-        re_anchor: with boxes in ``track`` mode, re-run the proposer and the filtration
-            head on a frame where SAM2's object score falls below this logit and prompt the
-            object again there; None: never.
+        re_anchor: with boxes in ``track`` mode, on a frame where SAM2's presence logit
+            of a tracked object falls below this value (0: SAM2 says it is gone) or its
+            mask is empty, re-run the proposer and the filtration head there and prompt the
+            object again with the kept box (above the filtration threshold) that overlaps
+            where it was last seen most, else the most confident one; the frame then
+            conditions its memory. None: never.
+        re_anchor_drift: also on frames where the object is tracked: re-prompt it with the
+            most confident kept box when that overlaps the tracked mask's box by less than
+            this IoU (the track drifted from what the filtration head sees). None: never.
         train_mask_decoder: also train SAM2's mask decoder (LISA, VideoGLaMM and GLUS do).
         train_frames: in training, decode only this many of the sample's frames (in
             ``track`` mode consecutive ones starting at the prompted frame, or ending at
@@ -116,6 +122,7 @@ class DecoderSettings:
     cond_frame: Literal["first", "best"] | int = "first"
     best_of: int = 3
     re_anchor: float | None = None
+    re_anchor_drift: float | None = None
     train_mask_decoder: bool = False
     train_frames: int | None = None
     prompt_tokens: int = field(default=1, metadata=_DEFINES_MODEL)
@@ -130,6 +137,12 @@ class DecoderSettings:
             raise ConfigError(f"decoder.cond_frame must be 'first', 'best' or a frame index, got {self.cond_frame!r}")
         if self.best_of < 1:
             raise ConfigError(f"decoder.best_of must be >= 1, got {self.best_of}")
+        if self.re_anchor_drift is not None and not 0 < self.re_anchor_drift <= 1:
+            raise ConfigError(f"decoder.re_anchor_drift is an IoU in (0, 1], got {self.re_anchor_drift}")
+
+    @property
+    def re_anchoring(self) -> bool:
+        return self.re_anchor is not None or self.re_anchor_drift is not None
 
 
 @dataclass
@@ -220,7 +233,9 @@ class SparrowConfig:
     lr_scale: dict[str, float] = field(default_factory=dict)
     max_new_tokens: int = 16
     no_target: Literal["answer", "empty_mask"] = "answer"
-    kinds: list[str] = field(default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "all"])
+    kinds: list[str] = field(
+        default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "late_entry", "occlusion", "crossing", "all"]
+    )
 
     @classmethod
     def from_dict(cls, values: dict) -> "SparrowConfig":
@@ -239,6 +254,11 @@ class SparrowConfig:
             raise ConfigError(f"prompt {self.prompt!r} needs boxes: set box.proposer to a proposer release")
         if self.decoder.cond_frame == "best" and self.prompt == "seg":
             raise ConfigError("decoder.cond_frame 'best' picks the frame by its kept boxes: it needs prompt 'box' or 'box+seg'")
+        if self.decoder.re_anchoring and (self.prompt == "seg" or self.decoder.mode != "track"):
+            raise ConfigError(
+                "decoder.re_anchor re-prompts a tracked object with a box found on a later frame: it needs prompt 'box' or "
+                f"'box+seg' and decoder.mode 'track' (got prompt {self.prompt!r}, mode {self.decoder.mode!r})"
+            )
         if self.box.query == "box" and self.box.proposer is not None and not self.box.in_answers:
             raise ConfigError("box.query 'box' reads the [BOX] token, which answers hold only with box.in_answers true; or set box.query 'seg'")
         unknown = sorted(set(self.lr_scale) - set(PARAMETER_GROUPS))

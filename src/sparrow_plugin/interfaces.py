@@ -473,10 +473,13 @@ class DecoderOutput:
     Attributes:
         mask_logits: (N, T, S, S) logits at the decoder's input size.
         object_logits: (N, T) SAM2's object-presence logits (> 0: the object is visible).
+        prompted_frames: per object, the frames (positions among the decoded ones) where
+            it was prompted: the conditioning frame, and any it was re-anchored on.
     """
 
     mask_logits: torch.Tensor
     object_logits: torch.Tensor
+    prompted_frames: list[list[int]] | None = None
 
 
 @dataclass
@@ -496,6 +499,9 @@ class Prediction:
         boxes: (K, 4) normalised xyxy, the kept box each object was prompted with on
             ``cond_frame`` (NaN for an object prompted without one), or None without boxes.
         box_scores: (K,) the filtration head's probability of each kept box, or None.
+        prompted_frames: per object, the frames it was prompted on: ``cond_frame``, and
+            those ``decoder.re_anchor`` prompted it on again (every frame in ``per_frame``
+            mode); None without objects.
     """
 
     answer: str
@@ -507,3 +513,4 @@ class Prediction:
     cond_frame: int = 0
     boxes: torch.Tensor | None = None
     box_scores: torch.Tensor | None = None
+    prompted_frames: list[list[int]] | None = None

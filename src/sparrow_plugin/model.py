@@ -25,6 +25,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from sam2.modeling.sam2_base import NO_OBJ_SCORE
 from torch import nn
+from torchvision.ops import box_iou
 
 from sparrow_plugin.checkpoints import host_record, host_weight_digests
 from sparrow_plugin.config import PARAMETER_GROUPS, STAGE_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
@@ -395,20 +396,60 @@ class SparrowModel(nn.Module):
                 yield row, masks._replace(box=box, box_score=score), choice.frame
                 continue
             boxes, scores = choice.boxes[g], choice.scores[g]
+            re_anchoring = {}
+            if self.config.decoder.re_anchoring:
+                re_anchoring = {"re_anchor": self._re_anchor(batch, features, seg_rows[g : g + 1], queries[g : g + 1])}
             if not len(boxes):  # nothing kept: the [SEG] token alone (fallback seg), or an empty mask
                 if with_token and self.config.box.fallback == "seg":
-                    decoded = self.decoder.decode(features, seg_tokens[g : g + 1], clip_index=seg_rows[g : g + 1], cond_frame=choice.frame)
-                    yield row, _Object(decoded.mask_logits[0], decoded.object_logits[0]), choice.frame
+                    decoded = self.decoder.decode(features, seg_tokens[g : g + 1], clip_index=seg_rows[g : g + 1], cond_frame=choice.frame, **re_anchoring)
+                    yield row, _Object(decoded.mask_logits[0], decoded.object_logits[0], prompted_frames=decoded.prompted_frames[0]), choice.frame
                 continue
             tokens = seg_tokens[g : g + 1].expand(len(boxes), -1, -1) if with_token else None
             decoded = self.decoder.decode(
-                features, tokens, clip_index=seg_rows[g : g + 1].expand(len(boxes)), boxes=boxes[:, None] * size, cond_frame=choice.frame
+                features, tokens, clip_index=seg_rows[g : g + 1].expand(len(boxes)), boxes=boxes[:, None] * size, cond_frame=choice.frame, **re_anchoring
             )
             if self.config.box.objects == "max_pool":  # the authors': one object per token
                 yield row, _Object(decoded.mask_logits.max(0).values, decoded.object_logits.max(0).values, boxes[0], scores[0]), choice.frame
                 continue
-            for logits, object_scores, box, score in zip(decoded.mask_logits, decoded.object_logits, boxes, scores):
-                yield row, _Object(logits, object_scores, box, score), choice.frame
+            for logits, object_scores, box, score, prompted in zip(decoded.mask_logits, decoded.object_logits, boxes, scores, decoded.prompted_frames):
+                yield row, _Object(logits, object_scores, box, score, prompted), choice.frame
+
+    def _re_anchor(self, batch: VideoBatch, features, seg_row, query):
+        """The decoder's re-anchoring callback for one [SEG] (``decoder.re_anchor``,
+        ``decoder.re_anchor_drift``): on a frame where one of its objects is lost (presence
+        logit below ``re_anchor``, or an empty mask), the confident kept box (above the
+        filtration threshold) that overlaps where the object was last seen most, else the
+        most confident one; on a frame where it is tracked, the most confident kept box if
+        it overlaps the tracked mask's box by less than ``re_anchor_drift`` IoU. None: no
+        such box, the frame stays as tracked. Each frame is filtered once per [SEG]."""
+        size, threshold = self.decoder.image_size, self.box_grounding.filtration.config.threshold
+        lost_below, drift_below = self.config.decoder.re_anchor, self.config.decoder.re_anchor_drift
+        found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def confident_boxes(frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if frame not in found:
+                kept = self._keep_boxes(batch, features, seg_row, query, frame)
+                confident = kept.scores[0] >= threshold
+                found[frame] = (kept.boxes[0][confident] * size, kept.scores[0][confident])
+            return found[frame]
+
+        def box_for(obj: int, frame: int, presence: float, tracked: torch.Tensor | None, last_box: torch.Tensor | None):
+            lost = lost_below is not None and (tracked is None or presence < lost_below)
+            if not lost and (drift_below is None or tracked is None):
+                return None
+            boxes, scores = confident_boxes(frame)
+            if not len(boxes):
+                return None
+            if lost:
+                if last_box is not None:
+                    overlap = box_iou(last_box[None].to(boxes), boxes)[0]
+                    if float(overlap.max()) > 0:
+                        return boxes[overlap.argmax()]
+                return boxes[scores.argmax()]
+            best = boxes[scores.argmax()]
+            return best if float(box_iou(tracked[None].to(boxes), best[None])) < drift_below else None
+
+        return box_for
 
     def _keep_boxes(self, batch: VideoBatch, features, seg_rows, queries, frame: int) -> "_Kept":
         """The filtration head's kept boxes of every [SEG]'s query on one frame."""
@@ -448,7 +489,7 @@ class SparrowModel(nn.Module):
             )
             logits.append(decoded.mask_logits[:, 0].max(0).values)
             scores.append(decoded.object_logits[:, 0].max(0).values)
-        return _Object(torch.stack(logits), torch.stack(scores))
+        return _Object(torch.stack(logits), torch.stack(scores), prompted_frames=list(range(batch.frames.shape[1])))
 
     def _prediction(self, batch: VideoBatch, b: int, generation, rows, roles, objects: list["_Object"], cond_frame: int) -> Prediction:
         height, width = batch.original_sizes[b]
@@ -470,6 +511,7 @@ class SparrowModel(nn.Module):
             cond_frame=cond_frame,
             boxes=boxes,
             box_scores=box_scores,
+            prompted_frames=[obj.prompted_frames or [cond_frame] for obj in objects] if objects else None,
         )
 
     def inference_cond_frame(self, num_frames: int) -> int:
@@ -537,12 +579,14 @@ class SparrowModel(nn.Module):
 
 class _Object(NamedTuple):
     """One SAM2 object of a prediction: (T, S, S) mask logits and (T,) object scores at
-    the decoder's size, and the box it was prompted with (normalised xyxy) and its score."""
+    the decoder's size, the box it was prompted with (normalised xyxy) and its score, and
+    the frames it was prompted on (None: the conditioning frame alone)."""
 
     logits: torch.Tensor
     scores: torch.Tensor
     box: torch.Tensor | None = None
     box_score: torch.Tensor | None = None
+    prompted_frames: list[int] | None = None
 
 
 class _Kept(NamedTuple):

@@ -135,6 +135,7 @@ class SparrowWrapper(L.LightningModule):
                 "cond_frame": prediction.cond_frame,
                 "boxes": prediction.boxes,
                 "box_scores": prediction.box_scores,
+                "prompted_frames": prediction.prompted_frames,
             }
             for key, index, names, prediction in zip(batch.keys, batch.indices.tolist(), batch.frame_names, self.model.predict(batch))
         ]

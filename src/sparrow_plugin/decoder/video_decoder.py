@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,12 @@ from sparrow_plugin.decoder.promptable_sam2 import PromptableSAM2
 from sparrow_plugin.errors import ConfigError
 from sparrow_plugin.interfaces import DecoderOutput, DecoderSpec, ImageFeatures
 
-__all__ = ["SAM2VideoDecoder"]
+__all__ = ["SAM2VideoDecoder", "ReAnchor"]
+
+# Asked on every tracked frame: (object n, frame t, its presence logit there, the box of its
+# mask there, where it was last seen present) -> a box to prompt object n with on frame t, or
+# None to keep the frame as tracked. Boxes: (4,) xyxy pixels at image_size; None when empty.
+ReAnchor = Callable[[int, int, float, "torch.Tensor | None", "torch.Tensor | None"], "torch.Tensor | None"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -113,6 +118,7 @@ class SAM2VideoDecoder(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None = None,
         cond_frame: int | torch.Tensor | None = None,
         frame_ids: torch.Tensor | None = None,
+        re_anchor: ReAnchor | None = None,
     ) -> DecoderOutput:
         """Segment N prompted objects on encoded frames.
 
@@ -130,8 +136,14 @@ class SAM2VideoDecoder(nn.Module):
                 ``self.cond_frame``).
             frame_ids: (N, W) long, the clip frames to decode per object, in order
                 (default: every frame of the clip).
+            re_anchor: ``track`` mode only: asked on every tracked frame of each object
+                (:data:`ReAnchor`); a box it returns prompts the object again there (with
+                its token), as a correction in SAM2's video predictor: the frame joins the
+                conditioning frames of the object's memory. Objects then track one by one,
+                since each has its own prompted frames.
         Returns:
-            :class:`DecoderOutput` with (N, W, S, S) mask logits and (N, W) object logits.
+            :class:`DecoderOutput` with (N, W, S, S) mask logits, (N, W) object logits and
+            the frames each object was prompted on.
         """
         point_inputs = _point_inputs(boxes, points)
         num_objects = _count_objects(prompt_tokens, boxes, points)
@@ -147,52 +159,82 @@ class SAM2VideoDecoder(nn.Module):
         window = rows.shape[1]
         cond = self.cond_frame if cond_frame is None else cond_frame
         cond = torch.as_tensor(cond, device=rows.device).expand(num_objects) % window
-        # objects prompted on the same frame of the same window track together
+        # objects prompted on the same frame of the same window track together (alone when
+        # they may be re-anchored: each then has its own conditioning frames)
         groups: dict[tuple, list[int]] = {}
         for n, key in enumerate(zip(cond.tolist(), map(tuple, frame_ids.tolist()))):
-            groups.setdefault(key, []).append(n)
+            groups.setdefault(key + ((n,) if re_anchor is not None else ()), []).append(n)
         masks = scores = None
-        for (group_cond, _), members in groups.items():
+        prompted: list[list[int]] = [[] for _ in range(num_objects)]
+        for (group_cond, *_), members in groups.items():
+            anchor = None
+            if re_anchor is not None:  # one object: the callback is told which
+                anchor = lambda *seen, n=members[0]: re_anchor(n, *seen)  # noqa: E731
+            member_ids = members
             members = torch.tensor(members, device=rows.device)
             tokens = prompt_tokens[members] if prompt_tokens is not None else None
             inputs = {k: v[members] for k, v in point_inputs.items()} if point_inputs is not None else None
-            out = self._track(features, rows[members], tokens, inputs, group_cond)
+            out = self._track(features, rows[members], tokens, inputs, group_cond, anchor)
             if masks is None:
                 masks = out.mask_logits.new_zeros(num_objects, *out.mask_logits.shape[1:])
                 scores = out.object_logits.new_zeros(num_objects, window)
             masks = masks.index_copy(0, members, out.mask_logits)
             scores = scores.index_copy(0, members, out.object_logits)
-        return DecoderOutput(mask_logits=masks, object_logits=scores)
+            for n in member_ids:
+                prompted[n] = out.prompted_frames[0]
+        return DecoderOutput(mask_logits=masks, object_logits=scores, prompted_frames=prompted)
 
     def _prompting(self, tokens: torch.Tensor | None):
         if tokens is None:
             return nullcontext()
         return self.sam.prompt_tokens(tokens, self.prompt_layout, self.multimask)
 
-    def _track(self, features: ImageFeatures, rows, prompt_tokens, point_inputs, cond: int) -> DecoderOutput:
-        """Objects whose windows (rows (N, W) of ``features``) and prompted frame agree."""
+    def _track(self, features: ImageFeatures, rows, prompt_tokens, point_inputs, cond: int, re_anchor=None) -> DecoderOutput:
+        """Objects whose windows (rows (N, W) of ``features``) and prompted frame agree;
+        ``re_anchor`` (one object): :data:`ReAnchor` without the object."""
         num_frames = rows.shape[1]
         order = list(range(cond, num_frames)) + list(range(cond - 1, -1, -1))
         output_dict = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
         masks, scores = [None] * num_frames, [None] * num_frames
-        for t in order:
-            is_cond = t == cond
-            with self._prompting(prompt_tokens if is_cond else None):
-                out = self.sam.track_step(
+        prompted = [cond]
+        prompt_box = point_inputs is not None and point_inputs["point_labels"][0, -2:].tolist() == [2, 3]
+        last_box = point_inputs["point_coords"][0, -2:].flatten() if prompt_box else None  # where the object was last seen
+        cond_box = last_box
+
+        def step(t: int, initial: bool, tokens, inputs):
+            with self._prompting(tokens):
+                return self.sam.track_step(
                     frame_idx=t,
-                    is_init_cond_frame=is_cond,
+                    is_init_cond_frame=initial,
                     current_vision_feats=[f[:, rows[:, t]] for f in features.levels],
                     current_vision_pos_embeds=[p[:, rows[:, t]] for p in features.positions],
                     feat_sizes=features.sizes,
-                    point_inputs=point_inputs if is_cond else None,
+                    point_inputs=inputs,
                     mask_inputs=None,
                     output_dict=output_dict,
                     num_frames=num_frames,
                     track_in_reverse=t < cond,
                 )
+
+        for t in order:
+            if t == cond - 1:  # the backward pass starts from the prompted frame again
+                last_box = cond_box
+            is_cond = t == cond
+            out = step(t, is_cond, prompt_tokens if is_cond else None, point_inputs if is_cond else None)
+            if re_anchor is not None and not is_cond:
+                presence, tracked = float(out["object_score_logits"][0, 0]), _mask_box(out["pred_masks_high_res"][0, 0])
+                box = re_anchor(t, presence, tracked, last_box)
+                if box is not None:  # prompted again here, on top of the memory so far
+                    out, is_cond = step(t, False, prompt_tokens, _point_inputs(box.view(1, 1, 4), None)), True
+                    prompted.append(t)
+            seen = _mask_box(out["pred_masks_high_res"][0, 0]) if re_anchor is not None and float(out["object_score_logits"][0, 0]) > 0 else None
+            last_box = seen if seen is not None else last_box  # where SAM2 last saw it present
+            cond_box = last_box if t == cond else cond_box
             output_dict["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = out
             masks[t], scores[t] = out["pred_masks_high_res"][:, 0], out["object_score_logits"][:, 0]
-        return DecoderOutput(mask_logits=torch.stack(masks, dim=1), object_logits=torch.stack(scores, dim=1))
+        return DecoderOutput(
+            mask_logits=torch.stack(masks, dim=1), object_logits=torch.stack(scores, dim=1), prompted_frames=[sorted(prompted)] * rows.shape[0]
+        )
 
     def _decode_per_frame(self, features: ImageFeatures, rows, prompt_tokens, point_inputs) -> DecoderOutput:
         num_objects, num_frames = rows.shape
@@ -217,6 +259,7 @@ class SAM2VideoDecoder(nn.Module):
         return DecoderOutput(
             mask_logits=out["pred_masks_high_res"].view(num_objects, num_frames, *size),
             object_logits=out["object_score_logits"].view(num_objects, num_frames),
+            prompted_frames=[list(range(num_frames))] * num_objects,
         )
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -242,6 +285,14 @@ def _default_clip_index(clip_index, num_objects: int, num_clips: int, device) ->
     if num_objects != num_clips:
         raise ValueError(f"{num_objects} prompts for {num_clips} clips: pass clip_index")
     return torch.arange(num_clips, device=device)
+
+
+def _mask_box(logits: torch.Tensor) -> torch.Tensor | None:
+    """(4,) xyxy pixel box around the positive logits of one (S, S) mask; None if empty."""
+    ys, xs = (logits > 0).nonzero(as_tuple=True)
+    if not len(xs):
+        return None
+    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
 
 
 def _point_inputs(boxes, points) -> dict[str, torch.Tensor] | None:
