@@ -2,6 +2,7 @@
 #
 #   make train                      tiny host on the synthetic benchmark, on the CPU: its
 #                                   pre-training, stage 1, the proposer, stage 2, one table
+#   make anchoring                  then the same models on valid_hard (late, occluded, crossed)
 #   make train BASE=unipixel        a real host's stage-1 recipe (needs its checkpoints)
 #   make train BASE=unipixel STAGE=2        its stage 2 (needs stage 1 and a proposer)
 #   make train BASE=unipixel TINY=1 [STAGE=2] the same recipe on a tiny configuration, on a CPU
@@ -32,7 +33,7 @@ INSTALLED := $(VENV)/.installed
 TINY_HOST := outputs/tiny/host
 TINY_PROPOSER := outputs/tiny/proposer
 
-.PHONY: setup train test data tiny-host tiny-proposer clean python-check
+.PHONY: setup train test data tiny-host tiny-proposer anchoring clean python-check
 
 # --- Which Python -------------------------------------------------------------------------
 # The versions every pin in pyproject.toml installs on (keep in step with requires-python).
@@ -90,11 +91,11 @@ $(INSTALLED): pyproject.toml | python-check
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-data: $(DATA)/valid_u/meta_expressions.json
+data: $(DATA)/valid_hard/meta_expressions.json
 
-# valid_u is written last, and each split is moved into place whole; --overwrite: a run cut
-# short may have left train, which the same seed writes again byte for byte
-$(DATA)/valid_u/meta_expressions.json: | $(INSTALLED)
+# valid_hard is written last, and each split is moved into place whole; --overwrite: a run
+# cut short may have left train or valid_u, which the same seed writes again byte for byte
+$(DATA)/valid_hard/meta_expressions.json: | $(INSTALLED)
 	$(SPARROW) data synth --out $(DATA) --seed 0 --overwrite
 
 # The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST):
@@ -120,20 +121,45 @@ $(TINY_PROPOSER)/release/config.json: | $(INSTALLED) data tiny-host
 
 ifeq ($(BASE),tiny)
 # Stage 1 ([SEG]), then stage 2 (the filtration head over the proposer's boxes), each scored on
-# valid_u; stage 2 with each way of prompting SAM2, side by side with stage 1 and the untrained model.
+# valid_u; stage 2 with each way of prompting SAM2, side by side with stage 1 and the untrained
+# model: boxes found on every frame (the tiny recipes' per_frame mode), then SAM2's memory
+# carrying the object from the first frame (track), from the best frame, and re-anchored.
 S1 := $(OUT)/stage1
 S2 := $(OUT)/stage2
+STAGE1 := recipes/tiny/stage1.yaml --ckpt_path $(S1)/checkpoints/last.ckpt
 STAGE2 := recipes/tiny/stage2.yaml --ckpt_path $(S2)/checkpoints/last.ckpt
+SET := --model.init_args.config
+TRACK := $(SET).decoder.mode track
+BEST := $(TRACK) $(SET).decoder.cond_frame best
+RE_ANCHOR := $(TRACK) $(SET).decoder.re_anchor 0.0 $(SET).decoder.re_anchor_drift 0.5
 train: $(INSTALLED) data tiny-host tiny-proposer
 	@test -f $(S1)/untrained.json || $(SPARROW) test --config recipes/tiny/stage1.yaml --results $(S1)/untrained.json
 	$(SPARROW) fit --config recipes/tiny/stage1.yaml --ckpt_path last
-	$(SPARROW) test --config recipes/tiny/stage1.yaml --ckpt_path $(S1)/checkpoints/last.ckpt --results $(S1)/trained.json
+	$(SPARROW) test --config $(STAGE1) --results $(S1)/trained.json
 	$(SPARROW) fit --config recipes/tiny/stage2.yaml --ckpt_path last
-	$(SPARROW) test --config $(STAGE2) --model.init_args.config.prompt box --results $(S2)/box.json
+	$(SPARROW) test --config $(STAGE2) $(SET).prompt box --results $(S2)/box.json
 	$(SPARROW) test --config $(STAGE2) --results $(S2)/box+seg.json
-	$(SPARROW) test --config $(STAGE2) --model.init_args.config.decoder.cond_frame best --results $(S2)/box+seg-best.json
-	$(SPARROW) report $(S1)/untrained.json $(S1)/trained.json $(S2)/box.json $(S2)/box+seg.json $(S2)/box+seg-best.json \
-		--names untrained seg box box+seg best --proposer $(TINY_PROPOSER)/release/recall.json
+	$(SPARROW) test --config $(STAGE2) $(TRACK) --results $(S2)/track.json
+	$(SPARROW) test --config $(STAGE2) $(BEST) --results $(S2)/best.json
+	$(SPARROW) test --config $(STAGE2) $(RE_ANCHOR) --results $(S2)/re-anchor.json
+	$(SPARROW) report $(S1)/untrained.json $(S1)/trained.json $(S2)/box.json $(S2)/box+seg.json $(S2)/track.json \
+		$(S2)/best.json $(S2)/re-anchor.json --names untrained seg box box+seg track best re-anchor \
+		--proposer $(TINY_PROPOSER)/release/recall.json
+
+# After make train: the same models on valid_hard (targets entering late, occluded, crossed),
+# where tracking from one prompted frame goes wrong; what cond_frame best and re-anchoring are for.
+HARD := --data.init_args.test_split valid_hard
+anchoring: | $(INSTALLED)
+	@test -f $(S2)/checkpoints/last.ckpt || $(MAKE) --no-print-directory train
+	$(SPARROW) test --config $(STAGE1) $(HARD) --results $(S1)/hard.json
+	$(SPARROW) test --config $(STAGE2) $(HARD) --results $(S2)/hard-box+seg.json
+	$(SPARROW) test --config $(STAGE2) $(HARD) $(TRACK) --results $(S2)/hard-track.json
+	$(SPARROW) test --config $(STAGE2) $(HARD) $(BEST) --results $(S2)/hard-best.json
+	$(SPARROW) test --config $(STAGE2) $(HARD) $(RE_ANCHOR) --results $(S2)/hard-re-anchor.json
+	$(SPARROW) test --config $(STAGE2) $(HARD) $(BEST) $(SET).decoder.re_anchor 0.0 $(SET).decoder.re_anchor_drift 0.5 \
+		--results $(S2)/hard-best+re-anchor.json
+	$(SPARROW) report $(S1)/hard.json $(S2)/hard-box+seg.json $(S2)/hard-track.json $(S2)/hard-best.json \
+		$(S2)/hard-re-anchor.json $(S2)/hard-best+re-anchor.json --names seg box+seg track best re-anchor best+re-anchor
 else ifeq ($(TINY),1)
 # the host's own recipe on a tiny configuration of its architecture, on a CPU; stage 2 starts
 # from the tiny stage 1 (run first when missing) and a tiny proposer on the tiny release's SAM2

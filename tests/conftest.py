@@ -10,7 +10,7 @@ from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
-SMALL = SyntheticConfig(train_videos=6, valid_videos=4)
+SMALL = SyntheticConfig(train_videos=6, valid_videos=4, hard_videos=6)
 
 
 @pytest.fixture(scope="session")

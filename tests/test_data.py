@@ -32,7 +32,7 @@ def test_other_seed_differs(tmp_path, synthetic_root):
 
 def test_layout_and_expression_kinds(tmp_path):
     root = generate_benchmark(tmp_path, seed=3, config=SyntheticConfig(train_videos=40, valid_videos=2))
-    for split in ("train", "valid_u"):
+    for split in ("train", "valid_u", "valid_hard"):
         for name in ("meta_expressions.json", "mask_dict.json", "boxes_coco.json"):
             assert (root / split / name).is_file()
     meta = json.loads((root / "train" / "meta_expressions.json").read_text())
@@ -42,6 +42,32 @@ def test_layout_and_expression_kinds(tmp_path):
     assert all(e["anno_id"] == [] for e in no_target)
     coco = json.loads((root / "train" / "boxes_coco.json").read_text())
     assert coco["annotations"] and all(len(a["bbox"]) == 4 and a["iscrowd"] == 0 for a in coco["annotations"])
+
+
+def test_the_hard_split_holds_what_tracking_from_one_frame_gets_wrong(tmp_path):
+    """valid_hard: a late target is out of the first two frames and in at the end; an
+    occluded one is hidden whole mid-clip and seen before and after; a crossed one loses
+    area mid-clip, as the other passes over it. Each is the only object of its colour and
+    shape."""
+    root = generate_benchmark(tmp_path, seed=5, config=SyntheticConfig(train_videos=1, valid_videos=1, hard_videos=9))
+    meta = json.loads((root / "valid_hard" / "meta_expressions.json").read_text())["videos"]
+    masks = json.loads((root / "valid_hard" / "mask_dict.json").read_text())
+    seen = []
+    for video in meta.values():
+        (expression,) = video["expressions"].values()
+        (target,) = expression["obj_id"]
+        area = [0 if rle is None else int(mask_utils.area(rle)) for rle in masks[str(expression["anno_id"][0])]]
+        mid = len(area) // 2
+        if expression["kind"] == "late_entry":
+            assert area[0] == area[1] == 0 and area[-1] > 0
+        elif expression["kind"] == "occlusion":
+            assert area[mid] == 0 and area[0] > 0 and area[-1] > 0
+        else:
+            assert expression["kind"] == "crossing" and area[mid] < area[0]
+        looks = [(o["colour"], o["shape"]) for o in video["objects"].values()]
+        assert looks.count(looks[target]) == 1 and expression["exp"] == "the {} {}".format(*looks[target])
+        seen.append(expression["kind"])
+    assert seen == ["late_entry", "occlusion", "crossing"] * 3
 
 
 def test_loader_reads_union_masks_and_resizes(synthetic_root):

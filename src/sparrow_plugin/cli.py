@@ -144,9 +144,10 @@ def format_report(columns: dict[str, dict]) -> str:
 
 
 def _kind_order(kind: str):
-    from sparrow_plugin.data.synthetic import EXPRESSION_KINDS
+    from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, HARD_KINDS
 
-    return (EXPRESSION_KINDS.index(kind) if kind in EXPRESSION_KINDS else len(EXPRESSION_KINDS), kind)
+    known = EXPRESSION_KINDS + HARD_KINDS
+    return (known.index(kind) if kind in known else len(known), kind)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,11 +165,12 @@ def _data_command(argv: list[str]) -> None:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--train-videos", type=int, default=None, help="videos in the train split (default 800)")
     synth.add_argument("--valid-videos", type=int, default=None, help="videos in the valid_u split (default 80)")
-    synth.add_argument("--overwrite", action="store_true", help="replace the train and valid_u splits of an existing benchmark")
+    synth.add_argument("--hard-videos", type=int, default=None, help="videos in the valid_hard split (default 60)")
+    synth.add_argument("--overwrite", action="store_true", help="replace the splits of an existing benchmark")
     args = parser.parse_args(argv)
     from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
 
-    sizes = {k: v for k, v in (("train_videos", args.train_videos), ("valid_videos", args.valid_videos)) if v is not None}
+    sizes = {k: v for k, v in (("train_videos", args.train_videos), ("valid_videos", args.valid_videos), ("hard_videos", args.hard_videos)) if v is not None}
     root = generate_benchmark(args.out, seed=args.seed, config=SyntheticConfig(**sizes), overwrite=args.overwrite)
     print(f"synthetic benchmark written to {root}")
 

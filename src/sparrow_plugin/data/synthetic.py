@@ -17,7 +17,18 @@ multi           "the two yellow shapes"            several objects; the mask is 
 no_target       "the purple triangle"              nothing in the video matches
 ==============  =================================  =========================================
 
-Output (``docs/data_formats.md``), for the splits ``train`` and ``valid_u``::
+A third split, ``valid_hard``, holds what tracking from one prompted frame gets wrong: each
+video has one appearance expression whose target
+
+==============  ============================================================================
+kind            what happens to the target
+==============  ============================================================================
+late_entry      out of the frame on the first 2 or 3 frames, then comes in from an edge
+occlusion       stands still while a bigger shape passes over it and hides it completely
+crossing        crosses a big shape of its colour or its shape, which passes over it
+==============  ============================================================================
+
+Output (``docs/data_formats.md``), for the splits ``train``, ``valid_u`` and ``valid_hard``::
 
     <root>/<split>/JPEGImages/<video>/<frame>.jpg
     <root>/<split>/meta_expressions.json   (+ "kind" per expression, "objects" per video)
@@ -48,6 +59,7 @@ __all__ = [
     "MOTIONS",
     "RELATIONS",
     "EXPRESSION_KINDS",
+    "HARD_KINDS",
     "SyntheticConfig",
     "generate_benchmark",
 ]
@@ -78,7 +90,8 @@ MOTION_PHRASES = {
 }
 RELATIONS = ("above", "below", "left of", "right of")
 EXPRESSION_KINDS = ("appearance", "motion", "spatial", "multi", "no_target")
-SPLITS = ("train", "valid_u")
+HARD_KINDS = ("late_entry", "occlusion", "crossing")
+SPLITS = ("train", "valid_u", "valid_hard")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars"}
 NUMBER_WORDS = {2: "two", 3: "three"}
 
@@ -90,7 +103,8 @@ class SyntheticConfig:
     Attributes:
         width, height: frame size in pixels.
         num_frames: frames per video.
-        train_videos, valid_videos: videos in the ``train`` and ``valid_u`` splits.
+        train_videos, valid_videos, hard_videos: videos in the ``train``, ``valid_u`` and
+            ``valid_hard`` splits.
         speed: (min, max) pixels per frame for moving objects.
         jpeg_quality: JPEG quality of the written frames.
     """
@@ -100,6 +114,7 @@ class SyntheticConfig:
     num_frames: int = 8
     train_videos: int = 800
     valid_videos: int = 80
+    hard_videos: int = 60
     speed: tuple[float, float] = (3.0, 5.0)
     jpeg_quality: int = 92
 
@@ -110,7 +125,7 @@ class SyntheticConfig:
             raise ConfigError(f"num_frames must be at least 2 (motion needs time), got {self.num_frames}")
         if not 0 < self.speed[0] <= self.speed[1]:
             raise ConfigError(f"speed must be (min, max) with 0 < min <= max, got {self.speed}")
-        for name in ("train_videos", "valid_videos"):
+        for name in ("train_videos", "valid_videos", "hard_videos"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -140,10 +155,10 @@ class _Expression:
 
 
 def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig | None = None, overwrite: bool = False) -> Path:
-    """Write the ``train`` and ``valid_u`` splits under ``root``; return ``root``.
+    """Write the ``train``, ``valid_u`` and ``valid_hard`` splits under ``root``; return ``root``.
 
     ``root`` must be absent or empty, so that the videos of an earlier benchmark never mix
-    with these; ``overwrite`` replaces the two splits of an earlier one (and nothing else).
+    with these; ``overwrite`` replaces the splits of an earlier one (and nothing else).
     Each split appears whole or not at all.
     """
     config = config or SyntheticConfig()
@@ -156,7 +171,7 @@ def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig 
         for split in SPLITS:
             shutil.rmtree(root / split, ignore_errors=True)
     # Independent streams per split: valid_u does not change when train grows.
-    for split, num_videos, stream in zip(SPLITS, (config.train_videos, config.valid_videos), (0, 1)):
+    for split, num_videos, stream in zip(SPLITS, (config.train_videos, config.valid_videos, config.hard_videos), (0, 1, 2)):
         rng = np.random.default_rng([seed, stream])
         # written aside and moved into place whole: a split that is there is complete
         partial = root / f".{split}.partial"
@@ -176,7 +191,10 @@ def _write_split(split_dir: Path, split: str, num_videos: int, rng: np.random.Ge
     next_anno_id = 1
     for video_index in range(num_videos):
         video = f"{split}_{video_index:05d}"
-        objects, expressions = _plan_video(rng, config)
+        if split == "valid_hard":  # the three kinds in turn
+            objects, expressions = _plan_hard_video(rng, config, HARD_KINDS[video_index % len(HARD_KINDS)])
+        else:
+            objects, expressions = _plan_video(rng, config)
         frames, visible = _render(objects, rng, config)
         (frames_dir / video).mkdir(exist_ok=True)
         for name, frame in zip(frame_names, frames):
@@ -235,6 +253,92 @@ def _plan_video(rng: np.random.Generator, config: SyntheticConfig) -> tuple[list
             expressions.append(_no_target_expression(objects, rng))
         return objects, expressions
     raise RuntimeError(f"could not plan a {planner.__name__} video in 200 tries; the frames are too small")
+
+
+def _plan_hard_video(rng: np.random.Generator, config: SyntheticConfig, kind: str) -> tuple[list[_Object], list[_Expression]]:
+    """One target in a ``kind`` situation, a filler beneath; retry until it holds."""
+    planner = {"late_entry": _plan_late_entry, "occlusion": _plan_occlusion, "crossing": _plan_crossing}[kind]
+    for _ in range(200):
+        scene = planner(rng, config)  # the target first, what passes over it after
+        fillers = list(scene)
+        _add_fillers(fillers, set(), rng, config, count=1)
+        objects = fillers[len(scene) :] + scene  # drawn first, so nothing else hides the target
+        target = len(objects) - len(scene)
+        for obj in objects:
+            _simulate(obj, config)
+        if _hard_scene_ok(objects, target, kind, config):
+            looks = objects[target]
+            return objects, [_Expression(f"the {looks.colour} {looks.shape}", kind, [target])]
+    raise RuntimeError(f"could not plan a {kind} video in 200 tries; the frames are too small")
+
+
+def _plan_late_entry(rng, config) -> list[_Object]:
+    """The target comes in from outside: out of the frame on the first 2 or 3 frames, then
+    entering from an edge (a little faster than other objects)."""
+    direction = _pick(rng, ("left", "right", "up", "down"))
+    target = _new_object(rng, config, *_random_looks(rng), motion=direction)
+    absent = int(rng.integers(2, 4))
+    unit = np.array(MOTIONS[direction])
+    speed = 1.5 * float(rng.uniform(*config.speed))
+    target.velocity = unit * speed
+    axis = 0 if unit[0] else 1
+    extent = config.width if axis == 0 else config.height
+    outside = target.radius + speed * (absent - 0.5)  # its leading edge crosses in between frames absent - 1 and absent
+    target.start[axis] = -outside if unit[axis] > 0 else extent + outside
+    return [target]
+
+
+def _plan_occlusion(rng, config) -> list[_Object]:
+    """A small still target; a big circle or square passes over it, centred on it mid-clip."""
+    colour, shape, _ = _random_looks(rng)
+    target = _new_object(rng, config, colour, shape, "small", motion="still")
+    while True:
+        looks = (_pick(rng, COLOURS), _pick(rng, ("circle", "square")))
+        if looks[0] != colour and looks[1] != shape:
+            break
+    occluder = _new_object(rng, config, *looks, "big", motion=_pick(rng, ("left", "right", "up", "down")))
+    occluder.start = target.start - occluder.velocity * (config.num_frames // 2)
+    return [target, occluder]
+
+
+def _plan_crossing(rng, config) -> list[_Object]:
+    """The target and a big shape of its colour (or its shape) moving the opposite way;
+    their centres meet mid-clip and the other one passes over it."""
+    colour, shape, size = _random_looks(rng)
+    direction = _pick(rng, ("left", "right", "up", "down"))
+    target = _new_object(rng, config, colour, shape, size, motion=direction)
+    if rng.random() < 0.5:
+        other_looks = (colour, _pick(rng, [s for s in SHAPES if s != shape]))
+    else:
+        other_looks = (_pick(rng, [c for c in COLOURS if c != colour]), shape)
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]
+    other = _new_object(rng, config, *other_looks, "big", motion=opposite)
+    meet = config.num_frames // 2
+    other.start = target.start + (target.velocity - other.velocity) * meet
+    return [target, other]
+
+
+def _hard_scene_ok(objects: list[_Object], target: int, kind: str, config: SyntheticConfig) -> bool:
+    """Each non-bouncing object stays inside (the entering target once it is in), the
+    occluded target is hidden whole mid-clip, and the filler never touches the target."""
+    for index, obj in enumerate(objects):
+        if index == target and kind == "late_entry":  # coming in: it must not leave by the far edge
+            low, high = obj.radius + 1, np.array([config.width, config.height]) - obj.radius - 1
+            if not all(p[axis] <= high[axis] if obj.velocity[axis] > 0 else p[axis] >= low for p in obj.track for axis in range(2) if obj.velocity[axis]):
+                return False
+        elif not obj.bounces and not all(_inside(p, obj.radius, config) for p in obj.track):
+            return False
+    if kind == "occlusion":
+        mid = config.num_frames // 2
+        hidden = _shape_mask(objects[target].shape, objects[target].track[mid], objects[target].radius, config.width, config.height)
+        cover = _shape_mask(objects[-1].shape, objects[-1].track[mid], objects[-1].radius, config.width, config.height)
+        if (hidden & ~cover).any():
+            return False
+    for index in range(target):  # the filler
+        gaps = np.linalg.norm(objects[index].track - objects[target].track, axis=1) - (objects[index].radius + objects[target].radius)
+        if gaps.min() < 4:
+            return False
+    return True
 
 
 def _plan_motion_scene(rng, config):
