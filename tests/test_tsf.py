@@ -1,0 +1,139 @@
+"""Target-Specific Tracking Features: tracks, their cache, and the choice of K moments."""
+
+import json
+
+import pytest
+import torch
+
+from sparrow_plugin.errors import ConfigError, DatasetError
+from sparrow_plugin.tsf.cache import TrackCache
+from sparrow_plugin.tsf.select import SelectionSettings, select_representatives, selection_features
+from sparrow_plugin.tsf.tracks import Track, annotation_track, read_box_file
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _two_looks_three_places():
+    """12 samples of a target that looks one way on frames 0-5 and another on 6-11, and
+    moves through three places: frames 0-3 left, 4-7 middle, 8-11 right."""
+    appearance = torch.cat([torch.tensor([[1.0, 0.0]]).repeat(6, 1), torch.tensor([[0.0, 1.0]]).repeat(6, 1)])
+    appearance = appearance + 0.01 * torch.arange(12.0)[:, None]  # no two samples alike
+    centres = torch.tensor([0.1] * 4 + [0.5] * 4 + [0.9] * 4)
+    boxes = torch.stack([centres - 0.05, torch.full((12,), 0.4), centres + 0.05, torch.full((12,), 0.6)], dim=1)
+    return appearance, boxes, torch.linspace(0, 1, 12)
+
+
+def test_appearance_selection_picks_the_sample_nearest_each_centre():
+    appearance, boxes, times = _two_looks_three_places()
+    settings = SelectionSettings(k=2)
+    chosen = select_representatives(selection_features(appearance, boxes, times, settings), settings)
+    # centres start at samples 0 and 11 and settle on the two looks' means
+    means = torch.stack([appearance[:6].mean(0), appearance[6:].mean(0)])
+    assert chosen == torch.cdist(means, appearance).argmin(dim=1).tolist()
+    assert chosen[0] < 6 <= chosen[1]
+
+
+def test_joint_selection_also_tells_places_apart():
+    """Two looks, three places: with the box geometry weighted in, the places are the
+    clusters, and one sample of each is chosen."""
+    appearance, boxes, times = _two_looks_three_places()
+    joint = SelectionSettings(k=3, space="joint", geometry_weight=5.0)
+    chosen = select_representatives(selection_features(appearance, boxes, times, joint), joint)
+    places = [int(i) // 4 for i in chosen]
+    assert sorted(places) == [0, 1, 2]
+    again = select_representatives(selection_features(appearance, boxes, times, joint), joint)
+    assert again == chosen  # nothing random
+
+
+def test_fewer_samples_than_k_are_all_kept():
+    appearance, boxes, times = _two_looks_three_places()
+    settings = SelectionSettings(k=4)
+    assert select_representatives(appearance[:3], settings) == [0, 1, 2]
+    assert select_representatives(appearance[:0], settings) == []
+    with pytest.raises(ConfigError, match="space must be"):
+        SelectionSettings(space="paper")
+
+
+# ----------------------------------------------------------------------------- tracks
+
+
+def test_annotation_track_takes_the_first_visible_object_and_falls_back():
+    boxes = torch.tensor([[[0.1, 0.1, 0.2, 0.2], [0.1, 0.1, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0], [0.3, 0.3, 0.4, 0.4]],
+                          [[0.5, 0.5, 0.6, 0.6], [0.5, 0.5, 0.7, 0.7], [0.6, 0.6, 0.8, 0.8], [0.0, 0.0, 0.0, 0.0]]])
+    visible = torch.tensor([[False, True, False, True], [False, True, True, False]])
+    track = annotation_track(boxes, visible)
+    assert track.boxes.tolist()[0] == [0.0, 0.0, 1.0, 1.0]  # nothing seen yet: the whole frame
+    torch.testing.assert_close(track.boxes[1], boxes[0, 1])  # the first referred object
+    torch.testing.assert_close(track.boxes[2], boxes[1, 2])  # the only one visible
+    torch.testing.assert_close(track.boxes[3], boxes[0, 3])
+    assert track.scores.tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_a_box_file_in_either_format_gives_the_same_track(tmp_path):
+    xyxy = tmp_path / "xyxy.txt"
+    xywh = tmp_path / "xywh.txt"
+    xyxy.write_text("10 20 50 60\n12,22,52,62\n\n100 10 150 40\n")
+    xywh.write_text("10 20 40 40\n12, 22, 40, 40\n100 10 50 30\n")
+    a = read_box_file(xyxy, num_frames=5, width=160, height=120)
+    b = read_box_file(xywh, num_frames=5, width=160, height=120)
+    torch.testing.assert_close(a.boxes, b.boxes)
+    assert len(a) == 5 and torch.equal(a.boxes[3], a.boxes[4])  # frames past the last line take it
+    torch.testing.assert_close(a.boxes[0], torch.tensor([10 / 160, 20 / 120, 50 / 160, 60 / 120]))
+
+
+def test_a_bad_box_file_is_named_with_its_line(tmp_path):
+    path = tmp_path / "video.txt"
+    path.write_text("10 20 50 60\n10 20\n")
+    with pytest.raises(DatasetError, match=r"video\.txt.*line 2 has 2 numbers"):
+        read_box_file(path, num_frames=2, width=160, height=120)
+    with pytest.raises(DatasetError, match="cannot read the box file"):
+        read_box_file(tmp_path / "absent.txt", num_frames=2, width=160, height=120)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+PRODUCER = {"source": "annotation", "dataset": {"split": "train", "content": "abc"}}
+
+
+def _track(value: float) -> Track:
+    return Track(torch.full((3, 4), value).sort(dim=1).values, torch.ones(3))
+
+
+def test_cache_round_trip_and_resume(tmp_path):
+    cache = TrackCache(tmp_path / "cache", PRODUCER)
+    assert cache.open_for_build() == set()
+    cache.append(0, [("v0/0", _track(0.25))])
+    cache.append(1, [("v1/0", _track(0.5))])
+    with open(tmp_path / "cache" / "tracks.rank1.jsonl", "a") as shard:
+        shard.write('{"key": "v2/0", "boxes": [[0.1, 0.1')  # a build killed mid-line
+    with pytest.raises(DatasetError, match="cut off mid-write"):
+        TrackCache(tmp_path / "cache", PRODUCER).read()
+    resumed = TrackCache(tmp_path / "cache", PRODUCER)
+    assert resumed.open_for_build() == {"v0/0", "v1/0"}  # the cut line is dropped, to be built again
+    resumed.append(1, [("v2/0", _track(0.75))])
+    tracks = TrackCache(tmp_path / "cache", PRODUCER).read()
+    assert sorted(tracks) == ["v0/0", "v1/0", "v2/0"]
+    torch.testing.assert_close(tracks["v1/0"].boxes, _track(0.5).boxes)
+
+
+def test_a_stale_or_foreign_cache_is_refused(tmp_path):
+    folder = tmp_path / "cache"
+    TrackCache(folder, PRODUCER).open_for_build()
+    edited = {"source": "annotation", "dataset": {"split": "train", "content": "def"}}
+    with pytest.raises(DatasetError, match=r"producer\.dataset\.content: 'abc' in the cache, 'def' here"):
+        TrackCache(folder, edited).read()
+    with pytest.raises(DatasetError, match="producer.dataset.content"):
+        TrackCache(folder, edited).open_for_build()
+    assert TrackCache(folder, edited).open_for_build(overwrite=True) == set()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["producer"]["source"] = "detect+track"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DatasetError, match="does not match its hash"):
+        TrackCache(folder, edited).read()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not empty and holds no TSF manifest"):
+        TrackCache(tmp_path / "other", PRODUCER).open_for_build()
+    with pytest.raises(DatasetError, match="no TSF track cache here"):
+        TrackCache(tmp_path / "nowhere", PRODUCER).read()
