@@ -71,6 +71,21 @@ def test_release_loads_strictly(shim):
     assert inputs.labels is not None and (inputs.labels != -100).any()
 
 
+def test_tsf_regions_are_one_vector_each_and_train_the_projector(shim):
+    """encode_regions: crops at the host's frame size -> (N, hidden), one per crop, a
+    gradient into the host's V→L adapters (they train in stage 1 with TSF)."""
+    _, host_class, release = shim
+    host = host_class.from_pretrained(release)
+    height, width = host.frame_request().size(120, 160)
+    crops = torch.rand(3, 3, height, width, generator=torch.Generator().manual_seed(2))
+    features = host.encode_regions(crops)
+    assert features.shape == (3, host.hidden_size)
+    assert not torch.allclose(features[0], features[1])
+    features.sum().backward()
+    grads = [p.grad for module in host.adapter_modules() for p in module.parameters() if p.grad is not None]
+    assert grads and any(bool(g.abs().sum() > 0) for g in grads)
+
+
 def test_removed_key_is_named(shim, tmp_path):
     name, host_class, release = shim
     _, release_key, module_key, _ = HOSTS[name]

@@ -137,3 +137,96 @@ def test_a_stale_or_foreign_cache_is_refused(tmp_path):
         TrackCache(tmp_path / "other", PRODUCER).open_for_build()
     with pytest.raises(DatasetError, match="no TSF track cache here"):
         TrackCache(tmp_path / "nowhere", PRODUCER).read()
+
+
+# ----------------------------------------------------------------------------- injection and training
+
+
+def test_the_injector_writes_exactly_the_placeholders():
+    from sparrow_plugin.interfaces import EmbedEdit
+
+    from .test_wrapper import _host
+
+    host = _host()
+    ids = host.add_tokens(["<TSF>"])
+    tsf = ids["<TSF>"]
+    visual = host.encode_video(torch.rand(2, 2, 3, 128, 128))
+    inputs = host.build_inputs(visual, ["the red circle", "the two blue squares"], num_tsf_tokens=4)
+    where = inputs.input_ids == tsf
+    assert where.sum(dim=1).tolist() == [4, 4]
+    values = torch.randn(2, 4, host.hidden_size)
+    plain = host.embed(inputs.input_ids, inputs.visual)
+    edited = host.embed(inputs.input_ids, inputs.visual, [EmbedEdit(tsf, values)])
+    torch.testing.assert_close(edited[~where], plain[~where], rtol=0, atol=0)
+    torch.testing.assert_close(edited[where], values.flatten(0, 1), rtol=0, atol=0)
+
+
+def test_crops_stretch_each_box_to_the_frame():
+    from sparrow_plugin.tsf.inject import crop_regions
+
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, :, 2:4, 4:8] = 1.0  # a 2 x 4 patch
+    crop = crop_regions(image, torch.tensor([[0.5, 0.25, 1.0, 0.5]]))
+    assert crop.shape == (1, 3, 8, 8) and torch.allclose(crop, torch.ones_like(crop))
+
+
+def _tsf_wrapper(synthetic_root, tsf):
+    from sparrow_plugin import SparrowWrapper
+
+    from .test_wrapper import _host
+
+    return SparrowWrapper(base=_host(), config={"tsf": tsf, "max_new_tokens": 4})
+
+
+def test_training_with_tsf_feeds_the_tracks_crops_to_the_llm(synthetic_root):
+    """tsf.mode train: the training batch carries the annotation track on the host's frames;
+    the LLM sees K <TSF> tokens, whose crops train the host's projector; the loss differs
+    from a run without them; evaluation reads no track."""
+    from sparrow_plugin.data import ReferringVideoDataModule
+
+    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "k": 2})
+    data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=3, train_frames=4)
+    data.set_frame_request(wrapper.host.frame_request())
+    data.require_tsf_tracks()
+    batch = next(iter(data.train_dataloader()))
+    assert len(batch.tsf) == 3 and batch.tsf[0].boxes.shape == (batch.llm_frames.shape[1], 4)
+    wrapper.train()
+    seen = {}
+    handle = wrapper.host.llm.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.update(ids=i[0]))
+    torch.manual_seed(0)
+    with_tsf = wrapper.model.training_losses(batch)
+    handle.remove()
+    tsf_id = wrapper.model.role_ids["tsf"]
+    assert (seen["ids"] == tsf_id).sum(dim=1).tolist() == [2, 2, 2]
+    with_tsf["ce"].backward()
+    projector = wrapper.host.spatial_projector[0].weight
+    assert projector.grad is not None and bool(projector.grad.abs().sum() > 0)
+    wrapper.model.config.tsf.mode = "off"
+    torch.manual_seed(0)
+    without = wrapper.model.training_losses(batch)
+    assert not torch.allclose(with_tsf["ce"], without["ce"])
+    wrapper.model.config.tsf.mode = "train"
+    wrapper.eval()
+    assert wrapper.model.tsf_edits(batch) == []  # train-only
+
+
+def test_training_reads_tracks_from_a_cache_of_the_same_split(tmp_path, synthetic_root):
+    from sparrow_plugin.data import ReferringVideoDataModule
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.tsf.cache import dataset_record
+
+    dataset = MeViSDataset(synthetic_root, "train", image_size=32)
+    cache = TrackCache(tmp_path / "cache", {"source": "annotation", "dataset": dataset_record(synthetic_root, "train")})
+    cache.open_for_build()
+    frames = len(dataset.expressions[0].frames)
+    tracks = [(f"{e.video}/{e.exp_id}", Track(torch.tensor([[0.1, 0.2, 0.3, 0.4]]).repeat(frames, 1), torch.ones(frames))) for e in dataset.expressions]
+    cache.append(0, tracks)
+    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train"})
+    data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=2, tsf_tracks=str(tmp_path / "cache"))
+    data.set_frame_request(wrapper.host.frame_request())
+    batch = next(iter(data.train_dataloader()))
+    torch.testing.assert_close(batch.tsf[0].boxes[0], torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    stale = ReferringVideoDataModule(synthetic_root, image_size=128, train_split="valid_u", tsf_tracks=str(tmp_path / "cache"))
+    stale.set_frame_request(wrapper.host.frame_request())
+    with pytest.raises(DatasetError, match=r"producer\.dataset\.split: 'train' in the cache, 'valid_u' here"):
+        stale.train_dataloader()

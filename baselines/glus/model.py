@@ -154,6 +154,13 @@ class GLUS(CausalLMHost):
         dense = patches.view(num_clips, picked.shape[1], grid, grid, -1).permute(0, 1, 4, 2, 3)
         return VisualFeatures(llm_tokens=tokens.flatten(1, 2), dense=dense, dense_frames=frame_ids)
 
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        """TSF crops as GLUS reads a frame (CLIP tower, 4-neighbour pooling, ``mm_projector``),
+        mean over the tokens."""
+        patches = clip_patch_features(self.vision_tower, images, self.config.mm_vision_select_layer)
+        pooled = nn.functional.avg_pool1d(patches.transpose(1, 2), 4, 4).transpose(1, 2)
+        return self.mm_projector(pooled).mean(dim=1)
+
     def build_inputs(
         self,
         visual: VisualFeatures,

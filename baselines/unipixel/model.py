@@ -202,6 +202,16 @@ class UniPixel(nn.Module):
         first_of_pairs = frame_ids[:, :: vision.temporal_patch_size]
         return VisualFeatures(llm_tokens=(tokens, grid_thw), dense=dense, dense_frames=first_of_pairs)
 
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        """TSF crops as Qwen2.5-VL reads an image (the crop repeated over one temporal patch,
+        its vision tower and merger), mean over the merged tokens."""
+        vision = self.qwen.config.vision_config
+        crops = (images - self.pixel_mean) / self.pixel_std
+        still = crops[:, None].expand(-1, vision.temporal_patch_size, -1, -1, -1)
+        patches, grids = zip(*(video_patches(clip, vision.patch_size, vision.temporal_patch_size, vision.spatial_merge_size) for clip in still))
+        merged = self.qwen.model.get_video_features(torch.cat(patches), torch.stack(grids)).pooler_output
+        return torch.stack([tokens.mean(dim=0) for tokens in merged])
+
     def build_inputs(
         self,
         visual: VisualFeatures,

@@ -223,6 +223,12 @@ class VideoGLaMM(CausalLMHost):
         dense = patches.view(num_clips, config.num_frames, grid, grid, -1).permute(0, 1, 4, 2, 3)
         return VisualFeatures(llm_tokens=torch.cat([context, video], dim=1), dense=dense, dense_frames=frame_ids)
 
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        """The authors' TSF encoding: the CLIP image tower and ``image_mm_projector`` (no
+        pooling), mean over the tokens."""
+        patches = clip_patch_features(self.spatial_tower, images, self.config.mm_vision_select_layer)
+        return self.image_mm_projector(patches).mean(dim=1)
+
     def build_inputs(
         self,
         visual: VisualFeatures,

@@ -204,6 +204,45 @@ class BoxSettings:
 
 
 @dataclass
+class TSFSettings:
+    """Target-Specific Tracking Features: in training, the target's appearance at K moments
+    of its track enters the LLM as K ``<TSF>`` tokens after the video.
+
+    Attributes:
+        mode: ``off`` or ``train`` (the paper's and the code's: training only; inference
+            reads no tracks, so it needs no detector or tracker).
+        encoding: ``crop``: each box of the track cropped from the host's frame, stretched
+            to its frame size, through the host's own image tower and projector,
+            mean-pooled (the released code; ``HostAdapter.encode_regions``).
+        k, iterations, space, geometry_weight, fewer: the choice of the K moments
+            (:class:`~sparrow_plugin.tsf.select.SelectionSettings`; ``space: appearance``
+            is the code's, ``joint`` the paper's). Only frames where the track found the
+            target are candidates; a sample with none (no target) gets K zero vectors,
+            as the code gives a sample without crops.
+    """
+
+    mode: Literal["off", "train"] = "off"
+    encoding: Literal["crop"] = "crop"
+    k: int = 4
+    iterations: int = 8
+    space: Literal["appearance", "joint"] = "appearance"
+    geometry_weight: float = 1.0
+    fewer: Literal["repeat", "zeros"] = "repeat"
+
+    def __post_init__(self):
+        if self.mode not in ("off", "train"):
+            raise ConfigError(f"tsf.mode must be 'off' or 'train', got {self.mode!r}")
+        if self.encoding != "crop":
+            raise ConfigError(f"tsf.encoding must be 'crop', got {self.encoding!r}")
+        self.selection()  # checks the rest
+
+    def selection(self):
+        from sparrow_plugin.tsf.select import SelectionSettings
+
+        return SelectionSettings(k=self.k, iterations=self.iterations, space=self.space, geometry_weight=self.geometry_weight, fewer=self.fewer)
+
+
+@dataclass
 class SparrowConfig:
     """Everything that decides what SPARROW trains and how it is scored.
 
@@ -211,7 +250,7 @@ class SparrowConfig:
         stage: training stage. 1: LoRA, the V→L adapters, the [SEG] adapter, the new token
             rows (and SAM2's mask decoder if asked); 2: the filtration head and a separate
             [BOX] adapter on the frozen stage-1 model (``box.also_train`` adds groups).
-        lora, loss, decoder, box: see their classes.
+        lora, loss, decoder, box, tsf: see their classes.
         prompt: what reaches SAM2 at inference: ``seg`` (the [SEG] token), ``box`` (the
             kept boxes), ``box+seg`` (each kept box with the [SEG] token).
         lr_scale: learning-rate multiplier per parameter group (``lora``, ``adapters``,
@@ -229,6 +268,7 @@ class SparrowConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     decoder: DecoderSettings = field(default_factory=DecoderSettings)
     box: BoxSettings = field(default_factory=BoxSettings)
+    tsf: TSFSettings = field(default_factory=TSFSettings)
     prompt: Literal["seg", "box", "box+seg"] = "seg"
     lr_scale: dict[str, float] = field(default_factory=dict)
     max_new_tokens: int = 16

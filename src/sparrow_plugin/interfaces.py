@@ -339,6 +339,13 @@ class HostAdapter(Protocol):
         """
         ...
 
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        """One feature per image region, for TSF's ``crop`` encoding: (N, 3, h, w) crops
+        of the host's frames, stretched to its frame size, through its own image tower and
+        V→L projector, mean-pooled over the tokens: (N, hidden_size). The projector's
+        gradients flow (it trains in stage 1); the tower's need not."""
+        ...
+
     def build_inputs(
         self,
         visual: VisualFeatures,
@@ -409,7 +416,8 @@ class VideoBatch:
             not told the host's :class:`FrameRequest` (the model then samples them from
             ``frames``).
         llm_frame_indices: (B, T_h) long, their indices in the clip, or None.
-        tsf: per sample, the Target-Specific Tracking Feature records, or None.
+        tsf: per sample, the target's :class:`~sparrow_plugin.tsf.tracks.Track` on the
+            host's frames (``llm_frames``), which TSF encodes, or None.
     """
 
     frames: torch.Tensor

@@ -34,9 +34,10 @@ from sparrow_plugin.errors import ConfigError, SparrowWarning
 from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.grounding.box_grounding import BoxGrounding
 from sparrow_plugin.grounding.filtration import filtration_losses, filtration_targets, top1_hit_rate
-from sparrow_plugin.interfaces import Prediction, VideoBatch, VisualFeatures
+from sparrow_plugin.interfaces import EmbedEdit, Prediction, VideoBatch, VisualFeatures
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
+from sparrow_plugin.tsf.inject import tsf_features
 
 __all__ = ["SparrowModel", "GROUNDING_ROLES"]
 
@@ -169,8 +170,9 @@ class SparrowModel(nn.Module):
         self.warn_unknown_words(batch.queries)
         has_target = batch.has_target if batch.has_target is not None else batch.masks.flatten(1).any(dim=1)
         answers = [self._answer(bool(t) or self.config.no_target == "empty_mask") for t in has_target.tolist()]
-        inputs = self.host.build_inputs(self.encode(batch), batch.queries, answers)
-        output = self.host(inputs)
+        edits = self.tsf_edits(batch)
+        inputs = self.host.build_inputs(self.encode(batch), batch.queries, answers, num_tsf_tokens=self.config.tsf.k if edits else 0)
+        output = self.host(inputs, edits)
         losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
         if self.config.stage == 2:
             losses.update(self._filtration_losses(batch, inputs, output))
@@ -203,6 +205,22 @@ class SparrowModel(nn.Module):
             total = total + self._untouched_parameters_term(("seg_adapter", "mask_decoder"))
         losses["loss"] = total
         return losses
+
+    def tsf_edits(self, batch: VideoBatch) -> list[EmbedEdit]:
+        """The ``<TSF>`` embeddings of a training batch (``tsf.mode: train``): the target's
+        track on the host's frames, cropped, encoded by the host, K moments chosen; none
+        otherwise (evaluation: TSF is train-only)."""
+        if self.config.tsf.mode == "off" or not self.training:
+            return []
+        if batch.tsf is None:
+            raise ConfigError(
+                "tsf.mode 'train' needs the target's track in every training sample: give the data module tsf_tracks "
+                "(annotation, or a cache folder from `sparrow tsf build`)"
+            )
+        if batch.llm_frames is None:
+            raise ValueError("TSF crops the host's frames: the batch has none (the data module was not told the host's frame request)")
+        values = tsf_features(self.host, batch.llm_frames, batch.tsf, self.config.tsf.selection())
+        return [EmbedEdit(self.role_ids["tsf"], values)]
 
     def _trains_masks(self) -> bool:
         """Whether the mask losses reach anything that trains: always in stage 1; in stage 2

@@ -105,6 +105,8 @@ class SparrowWrapper(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_frame_request"):
             datamodule.set_frame_request(self.host.frame_request())
+        if datamodule is not None and self.model.config.tsf.mode != "off" and hasattr(datamodule, "require_tsf_tracks"):
+            datamodule.require_tsf_tracks()
 
     # ------------------------------------------------------------------ steps
 

@@ -35,6 +35,7 @@ def collate_referring(items: list[dict]) -> VideoBatch:
         object_visible=[item["object_visible"] for item in items] if has_masks else None,
         llm_frames=torch.stack([item["llm_frames"] for item in items]) if has_llm_frames else None,
         llm_frame_indices=torch.stack([item["llm_frame_indices"] for item in items]) if has_llm_frames else None,
+        tsf=[item["tsf_track"] for item in items] if all(item.get("tsf_track") is not None for item in items) else None,
     )
 
 

@@ -15,6 +15,7 @@ from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.errors import DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
+from sparrow_plugin.tsf.cache import TrackCache, dataset_record
 
 __all__ = ["ReferringVideoDataModule"]
 
@@ -36,6 +37,10 @@ class ReferringVideoDataModule(L.LightningDataModule):
         batch_size, eval_batch_size: samples per batch.
         num_workers: DataLoader workers.
         val_limit: use only the first N validation samples (quick checks); None = all.
+        tsf_tracks: the target tracks TSF reads in training: ``annotation`` (from the
+            split's masks, the released code's way), a TSF cache folder (``sparrow tsf
+            build``), or None; a model that trains with TSF asks for ``annotation`` when
+            none is set.
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         val_limit: int | None = None,
+        tsf_tracks: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +88,19 @@ class ReferringVideoDataModule(L.LightningDataModule):
             missing.append(f"{root / hp['test_split'] / 'mask_dict.json'}: the masks `sparrow test` scores against (a split without them is scored by its benchmark server: write it with `sparrow predict`)")
         return missing
 
+    def require_tsf_tracks(self) -> None:
+        """A model that trains with TSF calls this: training samples then carry the target's
+        track (``annotation`` unless the recipe names a cache)."""
+        if self.hparams.tsf_tracks is None:
+            self.hparams.tsf_tracks = "annotation"
+            self._datasets.clear()
+
+    def _tracks(self, split: str) -> str | dict | None:
+        source = self.hparams.tsf_tracks
+        if source is None or source == "annotation":
+            return source
+        return TrackCache(source, {"dataset": dataset_record(self.root, split)}).read()
+
     def set_frame_request(self, request: FrameRequest | None) -> None:
         """Read the host's LLM frames with every sample (see ``FrameRequest``)."""
         if request != self.frame_request:
@@ -100,6 +119,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
                 num_frames=hp.train_frames if role == "train" else hp.eval_frames,
                 random_frames=role == "train",
                 frame_request=self.frame_request,
+                tsf_tracks=self._tracks(split) if role == "train" else None,
             )
         return self._datasets[split, role]
 

@@ -31,6 +31,7 @@ from torchvision.ops import masks_to_boxes
 from sparrow_plugin.errors import DatasetError
 from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.interfaces import FrameRequest
+from sparrow_plugin.tsf.tracks import Track, annotation_track
 
 __all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json", "rle_runs"]
 
@@ -77,6 +78,10 @@ class MeViSDataset(Dataset):
         frame_request: the host's :class:`~sparrow_plugin.interfaces.FrameRequest`; its
             frames are read from the whole clip, apart from the decoder's, and returned as
             ``llm_frames``. None: no host frames.
+        tsf_tracks: the target's track on the host's frames, for TSF: ``annotation`` (from
+            the split's masks, :func:`~sparrow_plugin.tsf.tracks.annotation_track`), a
+            mapping ``"<video>/<exp_id>" -> Track`` over every clip frame (a TSF cache), or
+            None (no track).
 
     Each item is a dict:
         ``frames`` float32 (T, 3, S, S) in [0, 1]; ``masks`` bool (T, S, S), the union of
@@ -88,7 +93,9 @@ class MeViSDataset(Dataset):
         somewhere in the whole video (None without mask_dict); ``cond_frame`` int, the
         position in ``frames`` of the frame SAM2 is prompted on in training;
         ``frame_indices`` long (T,); ``llm_frames`` float32 (T_h, 3, h, w) and
-        ``llm_frame_indices`` long (T_h,), or None; ``index`` int, the sample's index;
+        ``llm_frame_indices`` long (T_h,), or None; ``tsf_track`` a
+        :class:`~sparrow_plugin.tsf.tracks.Track` on the host's frames, or None;
+        ``index`` int, the sample's index;
         ``query`` str; ``kind`` str; ``video``, ``exp_id`` str; ``obj_ids`` list[int];
         ``frame_names`` list[str]; ``original_size`` (H, W).
     """
@@ -101,8 +108,10 @@ class MeViSDataset(Dataset):
         num_frames: int | None = None,
         random_frames: bool = False,
         frame_request: FrameRequest | None = None,
+        tsf_tracks: str | dict | None = None,
     ):
         self.root, self.split = Path(root), split
+        self.tsf_tracks = tsf_tracks
         self.split_dir = self.root / split
         self.image_size, self.num_frames, self.random_frames = image_size, num_frames, random_frames
         self.frame_request = frame_request
@@ -162,6 +171,7 @@ class MeViSDataset(Dataset):
         if self.frame_request is not None:
             item["llm_frames"] = self._host_frames(pixels, llm_indices, frame_indices, item["frames"], (height, width))
             item["llm_frame_indices"] = torch.as_tensor(llm_indices, dtype=torch.long)
+        item["tsf_track"] = self._tsf_track(expression, llm_indices, (height, width)) if self.tsf_tracks is not None else None
         if self.mask_dict is not None:
             objects = self._object_masks(expression, frame_indices, frame_names, (height, width))
             item["object_visible"] = objects.flatten(2).any(dim=-1)
@@ -172,6 +182,23 @@ class MeViSDataset(Dataset):
             item["object_masks"] = resized.view(*objects.shape[:2], *size)
             item["masks"] = item["object_masks"].any(dim=0)
         return item
+
+    def _tsf_track(self, expression: ReferringExpression, llm_indices: list[int], size) -> Track:
+        """The target's track on the host's frames (``tsf_tracks``)."""
+        if not llm_indices:
+            raise ValueError("TSF tracks are read on the host's frames: the dataset needs the host's frame_request")
+        if self.tsf_tracks == "annotation":
+            if self.mask_dict is None:
+                raise DatasetError(self.mask_path, "TSF annotation tracks come from the split's masks, and it has none")
+            objects = self._object_masks(expression, llm_indices, [expression.frames[i] for i in llm_indices], size)
+            return annotation_track(normalised_boxes(objects), objects.flatten(2).any(dim=-1))
+        key = f"{expression.video}/{expression.exp_id}"
+        track = self.tsf_tracks.get(key)
+        if track is None:
+            raise DatasetError(self.meta_path, f"expression {key!r} has no track in the TSF cache: build the cache for this split")
+        if len(track) != len(expression.frames):
+            raise DatasetError(self.meta_path, f"the TSF cache's track of {key!r} has {len(track)} frames, the video {len(expression.frames)}: rebuild the cache")
+        return Track(track.boxes[llm_indices], track.scores[llm_indices])
 
     def _host_frames(self, pixels: dict, llm_indices: list[int], frame_indices: list[int], frames: torch.Tensor, size) -> torch.Tensor:
         """The host's frames at its size; taken from the decoder's already resized ``frames``

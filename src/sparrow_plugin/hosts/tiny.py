@@ -245,6 +245,12 @@ class TinyVideoLLM(CausalLMHost):
         dense = patches.permute(0, 1, 4, 2, 3)  # (B, T, C, g, g), the whole frame resized
         return VisualFeatures(llm_tokens=tokens, dense=dense, dense_frames=clip_frame_indices(frames, frame_indices))
 
+    def encode_regions(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.config.image_size or images.shape[-2] != self.config.image_size:
+            images = F.interpolate(images, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        patches = self.spatial_encoder.forward_features((images - self.pixel_mean) / self.pixel_std)
+        return self.spatial_projector(patches).mean(dim=1)
+
     def build_inputs(
         self,
         visual: VisualFeatures,

@@ -9,10 +9,11 @@ Layout::
                                     "boxes": [[x1, y1, x2, y2], ...], "scores": [...]}
 
 ``producer`` says what the tracks were made from and how: the source (``annotation``,
-detect + track with its models), the dataset split and a content hash of its annotation
-files. A cache is read only by a run whose producer is the same; anything else (another
-split, edited annotations, other settings, another format) is refused with the fields
-that differ. Each builder rank appends to its own shard and flushes every line, so an
+detect + track with its models) and the dataset (:func:`dataset_record`: the split and a
+content hash of its annotation files). A build resumes only a cache of the same producer;
+a training run reads one made from the same dataset, by any source. Anything else
+(another split, edited annotations, other settings, another format) is refused with the
+fields that differ. Each builder rank appends to its own shard and flushes every line, so an
 interrupted build resumes where it stopped: finished keys are skipped, and a last line cut
 off mid-write is dropped.
 """
@@ -29,7 +30,7 @@ import torch
 from sparrow_plugin.errors import DatasetError
 from sparrow_plugin.tsf.tracks import Track
 
-__all__ = ["TRACKS_FORMAT", "TrackCache", "file_digest", "producer_hash"]
+__all__ = ["TRACKS_FORMAT", "TrackCache", "dataset_record", "file_digest", "producer_hash"]
 
 TRACKS_FORMAT = 1
 _KIND = "sparrow-tsf-tracks"
@@ -45,6 +46,13 @@ def file_digest(*paths: str | Path) -> str:
     return digest.hexdigest()
 
 
+def dataset_record(root: str | Path, split: str) -> dict[str, str]:
+    """What a cache's tracks were made from: the split and its annotation files' hash."""
+    folder = Path(root) / split
+    files = [folder / name for name in ("meta_expressions.json", "mask_dict.json") if (folder / name).is_file()]
+    return {"split": split, "content": file_digest(*files)}
+
+
 def producer_hash(producer: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(producer, sort_keys=True).encode()).hexdigest()
 
@@ -54,7 +62,9 @@ class TrackCache:
 
     Args:
         folder: the cache folder.
-        producer: what this run expects the tracks to be made from (plain JSON data).
+        producer: what this run expects the tracks to be made from (plain JSON data): a
+            build gives all of it, a reader only the parts it needs to agree
+            (``{"dataset": dataset_record(...)}``).
     """
 
     def __init__(self, folder: str | Path, producer: dict[str, Any]):
@@ -73,7 +83,7 @@ class TrackCache:
         """
         if self.manifest_path.exists():
             try:
-                self._check_manifest()
+                self._check_manifest(exact=True)
             except DatasetError:
                 if not overwrite:
                     raise
@@ -119,7 +129,7 @@ class TrackCache:
         self._check_manifest()
         return self._read_shards()
 
-    def _check_manifest(self) -> None:
+    def _check_manifest(self, exact: bool = False) -> None:
         if not self.manifest_path.is_file():
             raise DatasetError(self.manifest_path, "no TSF track cache here: build it with `sparrow tsf build --config RECIPE --out FOLDER`")
         try:
@@ -133,8 +143,9 @@ class TrackCache:
         stored = manifest.get("producer", {})
         if manifest.get("producer_hash") != producer_hash(stored):
             raise DatasetError(self.manifest_path, "its producer record does not match its hash (edited by hand?): rebuild it")
-        if stored != self.producer:
-            differences = _differences(stored, self.producer)
+        compared = stored if exact else {key: stored.get(key) for key in self.producer}
+        if compared != self.producer:
+            differences = _differences(compared, self.producer)
             raise DatasetError(
                 self.manifest_path,
                 "was built from something else than this run needs (" + "; ".join(differences) + "): rebuild it with `sparrow tsf build ... --overwrite`",
