@@ -230,3 +230,43 @@ def test_training_reads_tracks_from_a_cache_of_the_same_split(tmp_path, syntheti
     stale.set_frame_request(wrapper.host.frame_request())
     with pytest.raises(DatasetError, match=r"producer\.dataset\.split: 'train' in the cache, 'valid_u' here"):
         stale.train_dataloader()
+
+
+# ----------------------------------------------------------------------------- the builder
+
+
+def _records(folder):
+    """Every record of a cache, by key, as stored."""
+    return {json.loads(line)["key"]: line for shard in sorted(folder.glob("tracks.rank*.jsonl")) for line in shard.read_text().splitlines()}
+
+
+def test_the_builder_on_two_ranks_writes_what_one_writes_and_resumes(tmp_path, synthetic_root):
+    """`sparrow tsf build` over two CPU processes (DDP) gives the records one process gives,
+    in two shards; a build cut short resumes without redoing what it finished."""
+    from .test_distributed import sparrow
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data:\n  init_args:\n    root: {synthetic_root}\n")
+    sparrow(["tsf", "build", "--config", str(recipe), "--out", str(tmp_path / "one")], cwd=tmp_path)
+    sparrow(["tsf", "build", "--config", str(recipe), "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp"], cwd=tmp_path)
+    one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
+    from sparrow_plugin.data.mevis import MeViSDataset
+
+    expressions = MeViSDataset(synthetic_root, "train", image_size=32).expressions
+    assert sorted(one) == sorted(f"{e.video}/{e.exp_id}" for e in expressions)
+    assert one == two and len(list((tmp_path / "two").glob("tracks.rank*.jsonl"))) == 2
+    # cut short: half the records gone, the last one written half
+    shard = tmp_path / "one" / "tracks.rank0.jsonl"
+    lines = shard.read_text().splitlines()
+    shard.write_text("".join(line + "\n" for line in lines[: len(lines) // 2]) + lines[len(lines) // 2][:20])
+    resumed = sparrow(["tsf", "build", "--config", str(recipe), "--out", str(tmp_path / "one")], cwd=tmp_path)
+    assert _records(tmp_path / "one") == one
+    assert f"{len(one)} tracks" in resumed.stdout
+    # the annotation track is the referred objects' boxes, as the training data reads them
+    tracks = TrackCache(tmp_path / "one", {}).read()
+    dataset = MeViSDataset(synthetic_root, "train", image_size=32)
+    expression = next(e for e in dataset.expressions if e.kind == "appearance")
+    item = dataset._load(expression, 0)
+    expected = annotation_track(item["object_boxes"], item["object_visible"])
+    got = tracks[f"{expression.video}/{expression.exp_id}"]
+    torch.testing.assert_close(got.boxes[item["frame_indices"]], expected.boxes, atol=1e-6, rtol=0)

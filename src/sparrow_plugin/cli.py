@@ -6,6 +6,7 @@
     sparrow data synth --out DIR --seed S                            # the synthetic benchmark
     sparrow report BEFORE.json AFTER.json                            # result files side by side
     sparrow tiny-release --host videoglamm --out DIR --data ROOT     # a toy-size release of a host
+    sparrow tsf build --config recipe.yaml --out DIR                 # the TSF track cache of a split
 
 The Lightning subcommands are LightningCLI's (``sparrow_plugin.lightning_cli``): recipes
 are YAML with ``class_path`` / ``init_args`` for the model and the data, layered with
@@ -37,6 +38,7 @@ COMMANDS = {
     "data": "dataset tools: `sparrow data synth --out DIR` writes the synthetic benchmark",
     "report": "compare results files of `sparrow test --results` side by side",
     "tiny-release": "write a toy-size release of a host's architecture (for CPU runs of its recipe)",
+    "tsf": "TSF tools: `sparrow tsf build --config RECIPE --out DIR` builds the target-track cache of a split",
 }
 
 
@@ -72,6 +74,8 @@ def run(argv: list[str] | None = None):
         return _report_command(args[1:])
     if command == "tiny-release":
         return _tiny_release_command(args[1:])
+    if command == "tsf":
+        return _tsf_command(args[1:])
     if command not in LIGHTNING_COMMANDS:
         from sparrow_plugin.config import closest_name
 
@@ -203,6 +207,42 @@ def _tiny_release_command(argv: list[str]) -> None:
         encoder = build_sam2(spec.config, state_dict=spec.state_dict, overrides=spec.overrides).image_encoder
         proposer = ClassAgnosticProposer(tiny_proposer_config(encoder.neck.d_model))
         print(f"tiny proposer release on its SAM2 written to {write_proposer_release(args.proposer, proposer, encoder, spec.config)}")
+
+
+def _tsf_command(argv: list[str]) -> None:
+    parser = _Parser(prog="sparrow tsf", description="Target-Specific Tracking Features tools")
+    sub = parser.add_subparsers(dest="tool", required=True, parser_class=_Parser)
+    build = sub.add_parser(
+        "build", help="build (or resume) the target-track cache of a split", description=(
+            "Build the TSF track cache of a split through Lightning's predict loop: sharded over "
+            "--devices/--num-nodes with --strategy as training is, each rank writing its own shard; "
+            "an interrupted build resumes. Point a recipe's data.init_args.tsf_tracks at the folder."
+        ),
+    )
+    build.add_argument("--config", action="append", required=True, help="the recipe whose data (root, train split) the cache is for; repeatable")
+    build.add_argument("--out", required=True, help="the cache folder")
+    build.add_argument("--split", default=None, help="the split (default: the recipe's train_split, else train)")
+    build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks)")
+    build.add_argument("--accelerator", default="cpu")
+    build.add_argument("--devices", default="1")
+    build.add_argument("--strategy", default="auto")
+    build.add_argument("--num-nodes", type=int, default=1)
+    build.add_argument("--overwrite", action="store_true", help="replace a cache that another build made")
+    args = parser.parse_args(argv)
+    from sparrow_plugin.recipes import read_recipe
+    from sparrow_plugin.tsf.builder import build_track_cache
+
+    data: dict = {}
+    for path in args.config:
+        recipe_data = read_recipe(Path(path)).get("data") or {}
+        data.update(recipe_data.get("init_args") or {})
+    if "root" not in data:
+        raise SparrowError(f"{args.config[-1]}: the recipe names no data.init_args.root, the dataset the cache is for")
+    split = args.split or data.get("train_split", "train")
+    devices = int(args.devices) if args.devices.isdigit() else args.devices
+    count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite,
+                              accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
+    print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 
 
 def _report_command(argv: list[str]) -> None:

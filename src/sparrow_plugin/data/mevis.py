@@ -171,7 +171,7 @@ class MeViSDataset(Dataset):
         if self.frame_request is not None:
             item["llm_frames"] = self._host_frames(pixels, llm_indices, frame_indices, item["frames"], (height, width))
             item["llm_frame_indices"] = torch.as_tensor(llm_indices, dtype=torch.long)
-        item["tsf_track"] = self._tsf_track(expression, llm_indices, (height, width)) if self.tsf_tracks is not None else None
+        item["tsf_track"] = self._tsf_track(expression, llm_indices) if self.tsf_tracks is not None else None
         if self.mask_dict is not None:
             objects = self._object_masks(expression, frame_indices, frame_names, (height, width))
             item["object_visible"] = objects.flatten(2).any(dim=-1)
@@ -183,15 +183,33 @@ class MeViSDataset(Dataset):
             item["masks"] = item["object_masks"].any(dim=0)
         return item
 
-    def _tsf_track(self, expression: ReferringExpression, llm_indices: list[int], size) -> Track:
+    def annotation_boxes(self, expression: ReferringExpression, frame_indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, T, 4) normalised xyxy boxes (pixel edges, zeros where unseen) and (K, T) bool
+        visibility of the K referred objects on the frames (default: all), read from the
+        RLEs without decoding them."""
+        if self.mask_dict is None:
+            raise DatasetError(self.mask_path, "object boxes come from the split's masks, and it has none")
+        frame_indices = list(range(len(expression.frames))) if frame_indices is None else frame_indices
+        boxes = torch.zeros(len(expression.anno_ids), len(frame_indices), 4)
+        for k, anno_id in enumerate(expression.anno_ids):
+            per_frame = self.mask_dict[str(anno_id)]
+            for t, index in enumerate(frame_indices):
+                if per_frame[index] is None:
+                    continue
+                rle = self._checked_rle(per_frame[index], f"anno_id {anno_id}, frame {expression.frames[index]!r}")
+                if int(mask_utils.area(rle)) == 0:
+                    continue
+                x, y, w, h = mask_utils.toBbox(rle).tolist()
+                height, width = rle["size"]
+                boxes[k, t] = torch.tensor([x / width, y / height, (x + w) / width, (y + h) / height])
+        return boxes, (boxes[..., 2:] > boxes[..., :2]).all(dim=-1)
+
+    def _tsf_track(self, expression: ReferringExpression, llm_indices: list[int]) -> Track:
         """The target's track on the host's frames (``tsf_tracks``)."""
         if not llm_indices:
             raise ValueError("TSF tracks are read on the host's frames: the dataset needs the host's frame_request")
         if self.tsf_tracks == "annotation":
-            if self.mask_dict is None:
-                raise DatasetError(self.mask_path, "TSF annotation tracks come from the split's masks, and it has none")
-            objects = self._object_masks(expression, llm_indices, [expression.frames[i] for i in llm_indices], size)
-            return annotation_track(normalised_boxes(objects), objects.flatten(2).any(dim=-1))
+            return annotation_track(*self.annotation_boxes(expression, llm_indices))
         key = f"{expression.video}/{expression.exp_id}"
         track = self.tsf_tracks.get(key)
         if track is None:

@@ -114,6 +114,10 @@ class TrackCache:
                 shard.write(json.dumps(line) + "\n")
                 shard.flush()
 
+    def built(self) -> dict[str, Track]:
+        """The tracks the shards hold, read as they are (a build in progress: no checks)."""
+        return self._read_shards()
+
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob("tracks.rank*.jsonl"))
 
