@@ -270,3 +270,66 @@ def test_the_builder_on_two_ranks_writes_what_one_writes_and_resumes(tmp_path, s
     expected = annotation_track(item["object_boxes"], item["object_visible"])
     got = tracks[f"{expression.video}/{expression.exp_id}"]
     torch.testing.assert_close(got.boxes[item["frame_indices"]], expected.boxes, atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------- TSF at inference
+
+
+def _inference_wrapper(tsf):
+    from .test_wrapper import ForcedAnswer
+
+    wrapper = _tsf_wrapper(None, tsf).eval()
+    seg, eos = wrapper.model.role_ids["seg"], wrapper.host.tokenizer.eos_token_id
+    ForcedAnswer(wrapper.host.llm.get_output_embeddings(), tokens=[seg, eos])
+    prefills = []  # the <TSF> count of each prompt the LLM reads whole
+    wrapper.host.llm.get_input_embeddings().register_forward_hook(
+        lambda m, i, o: prefills.append(int((i[0] == wrapper.model.role_ids["tsf"]).sum(dim=1).max())) if i[0].shape[1] > 1 else None
+    )
+    return wrapper, prefills
+
+
+def test_box_files_in_either_format_give_the_same_tsf_at_inference(tmp_path, synthetic_root):
+    from .test_wrapper import _batch
+
+    batch = _batch(synthetic_root, size=2)
+    for name, line in (("xyxy", "10 20 60 70"), ("xywh", "10 20 50 50")):
+        (tmp_path / name).mkdir()
+        for video, _ in batch.keys:
+            (tmp_path / name / f"{video}.txt").write_text("\n".join([line] * 8))
+    answers = {}
+    for name in ("xyxy", "xywh"):
+        wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "box_file", "box_files": str(tmp_path / name), "k": 2})
+        torch.manual_seed(0)
+        with torch.no_grad():
+            predictions = wrapper.model.predict(batch)
+            answers[name] = [p.masks for p in predictions]
+        assert prefills == [2]  # one prefill, with K <TSF> tokens
+    assert all(torch.equal(a, b) for a, b in zip(answers["xyxy"], answers["xywh"]))
+    wrapper, _ = _inference_wrapper({"mode": "train+infer", "infer": "box_file", "box_files": str(tmp_path / "none" / "{video}.txt")})
+    with pytest.raises(DatasetError, match="cannot read the box file"):
+        wrapper.model.predict(batch)
+
+
+def test_the_first_pass_feeds_tsf_to_a_second(synthetic_root):
+    from .test_wrapper import _batch
+
+    wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "first_pass", "k": 2})
+    with torch.no_grad():
+        predictions = wrapper.model.predict(_batch(synthetic_root, size=2))
+    assert prefills == [0, 2]  # without TSF, then with the first pass's track
+    assert len(predictions) == 2
+
+
+def test_a_first_pass_track_is_its_masks_boxes():
+    from sparrow_plugin.interfaces import Prediction
+    from sparrow_plugin.model import _track_of
+
+    masks = torch.zeros(3, 10, 20, dtype=torch.bool)
+    masks[0, 2:5, 4:10] = True
+    masks[2, 0:10, 0:20] = True
+    batch = type("Batch", (), {"frame_names": [["a", "b", "c"]]})()
+    track = _track_of(Prediction(answer="", truncated=False, grounding_tokens=["seg"], masks=masks), batch, 0)
+    torch.testing.assert_close(track.boxes, torch.tensor([[0.2, 0.2, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]]))
+    assert track.scores.tolist() == [1.0, 0.0, 1.0]
+    none = _track_of(Prediction(answer="", truncated=False, grounding_tokens=[], masks=None), batch, 0)
+    assert none.scores.tolist() == [0.0, 0.0, 0.0]  # nothing found: K zero vectors in the second pass

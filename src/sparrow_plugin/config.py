@@ -209,8 +209,15 @@ class TSFSettings:
     of its track enters the LLM as K ``<TSF>`` tokens after the video.
 
     Attributes:
-        mode: ``off`` or ``train`` (the paper's and the code's: training only; inference
-            reads no tracks, so it needs no detector or tracker).
+        mode: ``off``, ``train`` (the paper's and the code's: training only; inference
+            reads no tracks, so it needs no detector or tracker) or ``train+infer``
+            (inference reads TSF too, from ``infer``).
+        infer: where ``train+infer`` finds the target's track at inference: ``box_file``
+            (one per video, the released code's format: a line per frame, xyxy or xywh
+            pixels) or ``first_pass`` (beyond the paper: the model answers once without
+            TSF, and the boxes of its masks feed TSF to a second pass; no detector).
+        box_files: ``infer: box_file``: a path with ``{video}`` in it, or a folder of
+            ``<video>.txt``.
         encoding: ``crop``: each box of the track cropped from the host's frame, stretched
             to its frame size, through the host's own image tower and projector,
             mean-pooled (the released code; ``HostAdapter.encode_regions``).
@@ -221,7 +228,9 @@ class TSFSettings:
             as the code gives a sample without crops.
     """
 
-    mode: Literal["off", "train"] = "off"
+    mode: Literal["off", "train", "train+infer"] = "off"
+    infer: Literal["box_file", "first_pass"] = "first_pass"
+    box_files: str | None = None
     encoding: Literal["crop"] = "crop"
     k: int = 4
     iterations: int = 8
@@ -230,8 +239,12 @@ class TSFSettings:
     fewer: Literal["repeat", "zeros"] = "repeat"
 
     def __post_init__(self):
-        if self.mode not in ("off", "train"):
-            raise ConfigError(f"tsf.mode must be 'off' or 'train', got {self.mode!r}")
+        if self.mode not in ("off", "train", "train+infer"):
+            raise ConfigError(f"tsf.mode must be 'off', 'train' or 'train+infer', got {self.mode!r}")
+        if self.infer not in ("box_file", "first_pass"):
+            raise ConfigError(f"tsf.infer must be 'box_file' or 'first_pass', got {self.infer!r}")
+        if self.mode == "train+infer" and self.infer == "box_file" and not self.box_files:
+            raise ConfigError("tsf.infer 'box_file' reads a box file per video: set tsf.box_files (a path with {video}, or a folder of <video>.txt)")
         if self.encoding != "crop":
             raise ConfigError(f"tsf.encoding must be 'crop', got {self.encoding!r}")
         self.selection()  # checks the rest

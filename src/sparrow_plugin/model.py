@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -29,6 +30,7 @@ from torchvision.ops import box_iou
 
 from sparrow_plugin.checkpoints import host_record, host_weight_digests
 from sparrow_plugin.config import PARAMETER_GROUPS, STAGE_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
+from sparrow_plugin.data.mevis import normalised_boxes
 from sparrow_plugin.decoder import SAM2VideoDecoder
 from sparrow_plugin.errors import ConfigError, SparrowWarning
 from sparrow_plugin.frames import resize_frames, uniform_frames
@@ -38,6 +40,7 @@ from sparrow_plugin.interfaces import EmbedEdit, Prediction, VideoBatch, VisualF
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.tsf.inject import tsf_features
+from sparrow_plugin.tsf.tracks import Track, read_box_file
 
 __all__ = ["SparrowModel", "GROUNDING_ROLES"]
 
@@ -348,10 +351,30 @@ class SparrowModel(nn.Module):
         filtration head keeps the proposals its [BOX] refers to (the [BOX] right before the
         [SEG], or the [SEG] itself without one) and every kept box is an object, prompted
         with the box (and the [SEG] token). The expression's mask is the union.
+
+        ``tsf.mode: train+infer``: the LLM also reads TSF, from each video's box file
+        (``tsf.infer: box_file``) or from the model's own first pass without TSF
+        (``first_pass``: its masks' boxes on every frame), which feeds the second.
         """
         self.warn_unknown_words(batch.queries)
-        prompt = self.host.build_inputs(self.encode(batch), batch.queries, None)
-        generation = self.host.generate(prompt, max_new_tokens=self.config.max_new_tokens)
+        tracks = None
+        if self.config.tsf.mode == "train+infer":
+            if self.config.tsf.infer == "box_file":
+                tracks = [self._box_file_track(batch, b) for b in range(len(batch))]
+            else:
+                tracks = [_track_of(prediction, batch, b) for b, prediction in enumerate(self._predict(batch, None))]
+        return self._predict(batch, tracks)
+
+    def _predict(self, batch: VideoBatch, tracks: list | None) -> list[Prediction]:
+        """:meth:`predict` with the given TSF tracks over the clip's frames (None: no TSF)."""
+        frames, indices = self.host_frames(batch)
+        edits = []
+        if tracks is not None:
+            on_host_frames = [Track(track.boxes[i], track.scores[i]) for track, i in zip(tracks, indices.cpu().tolist())]
+            edits = [EmbedEdit(self.role_ids["tsf"], tsf_features(self.host, frames, on_host_frames, self.config.tsf.selection()))]
+        visual = self.host.encode_video(frames, indices.to(frames.device))
+        prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.k if edits else 0)
+        generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
         is_seg = roles == GROUNDING_ROLES.index("seg")
         seg_rows, seg_columns = rows[is_seg], columns[is_seg]
@@ -565,16 +588,30 @@ class SparrowModel(nn.Module):
             )
 
     def encode(self, batch: VideoBatch) -> VisualFeatures:
-        """The host's visual features of its own frames: those the data pipeline read for
-        it, or, when it was not told the host's request, sampled here from the decoder's."""
+        """The host's visual features of its own frames (:meth:`host_frames`)."""
+        frames, indices = self.host_frames(batch)
+        return self.host.encode_video(frames, indices.to(frames.device))
+
+    def host_frames(self, batch: VideoBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The host's frames (B, T_h, 3, h, w) and their clip indices (B, T_h): those the data
+        pipeline read for it, or, when it was not told the host's request, sampled here from
+        the decoder's."""
         if batch.llm_frames is not None:
-            return self.host.encode_video(batch.llm_frames, batch.llm_frame_indices)
+            return batch.llm_frames, batch.llm_frame_indices
         request = self.host.frame_request()
         picked = torch.tensor(request.sample(batch.frames.shape[1]), device=batch.frames.device)
         height, width = batch.original_sizes[0]  # one size for the batch: frames of other sizes cannot stack
         frames = resize_frames(batch.frames[:, picked], request.size(height, width), request.interpolation)
         indices = batch.frame_indices[:, picked.cpu()] if batch.frame_indices is not None else picked.expand(len(batch), -1)
-        return self.host.encode_video(frames, indices.to(frames.device))
+        return frames, indices
+
+    def _box_file_track(self, batch: VideoBatch, b: int) -> Track:
+        """Sample b's track from its video's box file (``tsf.box_files``), over the clip."""
+        video = batch.keys[b][0]
+        template = self.config.tsf.box_files
+        path = Path(template.format(video=video)) if "{video}" in template else Path(template) / f"{video}.txt"
+        height, width = batch.original_sizes[b]
+        return read_box_file(path, num_frames=len(batch.frame_names[b]), width=width, height=height)
 
     def grounding_tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every grounding token in ``ids`` (B, L), in reading order: (rows, positions,
@@ -615,6 +652,17 @@ class _Kept(NamedTuple):
     boxes: list[torch.Tensor]
     scores: list[torch.Tensor]
     confidence: torch.Tensor
+
+
+def _track_of(prediction: Prediction, batch: VideoBatch, b: int) -> Track:
+    """The track a first pass found: its mask's box on every decoded frame (score 1), the
+    whole frame with score 0 where the mask is empty (not found)."""
+    num_frames = len(batch.frame_names[b])
+    if prediction.masks is None:
+        return Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(num_frames, 1), torch.zeros(num_frames))
+    boxes, found = normalised_boxes(prediction.masks[None])[0], prediction.masks.flatten(1).any(dim=1)
+    boxes[~found] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    return Track(boxes, found.float())
 
 
 def _boxes_on(batch: VideoBatch, row: int, frame: int) -> torch.Tensor:
