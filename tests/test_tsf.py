@@ -207,7 +207,27 @@ def test_training_with_tsf_feeds_the_tracks_crops_to_the_llm(synthetic_root):
     assert not torch.allclose(with_tsf["ce"], without["ce"])
     wrapper.model.config.tsf.mode = "train"
     wrapper.eval()
-    assert wrapper.model.tsf_edits(batch) == []  # train-only
+    assert wrapper.model.tsf_edits(batch, *wrapper.model.host_frames(batch), None) == []  # train-only
+
+
+def test_roi_encoding_trains_its_projection_from_the_hosts_own_maps(synthetic_root):
+    from sparrow_plugin.data import ReferringVideoDataModule
+
+    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "encoding": "roi", "k": 2})
+    assert {p for p in wrapper.trainable_groups["tsf"]} == set(wrapper.model.tsf_encoder.parameters())
+    data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=3, train_frames=4)
+    data.set_frame_request(wrapper.host.frame_request())
+    data.require_tsf_tracks()
+    batch = next(iter(data.train_dataloader()))
+    wrapper.train()
+    encoded = []
+    handle = wrapper.host.spatial_encoder.patch_embed.register_forward_hook(lambda m, i, o: encoded.append(i[0].shape[0]))
+    losses = wrapper.model.training_losses(batch)
+    handle.remove()
+    assert encoded == [3 * batch.llm_frames.shape[1]]  # the host's frames once: no extra tower pass for the crops
+    losses["ce"].backward()
+    assert all(p.grad is not None for p in wrapper.model.tsf_encoder.parameters())
+    assert bool(wrapper.model.tsf_encoder.project[0].weight.grad.abs().sum() > 0)
 
 
 def test_training_reads_tracks_from_a_cache_of_the_same_split(tmp_path, synthetic_root):

@@ -22,9 +22,9 @@ __all__ = [
 ]
 
 # What can train, by name; ``SparrowConfig.lr_scale`` and the optimizer groups use these.
-PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder", "box_adapter", "filtration")
+PARAMETER_GROUPS = ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder", "box_adapter", "filtration", "tsf")
 # What each stage trains by default (stage 2 may add stage-1 groups: ``box.also_train``)
-STAGE_GROUPS = {1: ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder"), 2: ("box_adapter", "filtration")}
+STAGE_GROUPS = {1: ("lora", "adapters", "tokens", "seg_adapter", "mask_decoder", "tsf"), 2: ("box_adapter", "filtration")}
 
 # Settings that define the trained weights (their shapes, or the function they compute):
 # a checkpoint trained with other values is refused. Every other setting may differ
@@ -220,7 +220,9 @@ class TSFSettings:
             ``<video>.txt``.
         encoding: ``crop``: each box of the track cropped from the host's frame, stretched
             to its frame size, through the host's own image tower and projector,
-            mean-pooled (the released code; ``HostAdapter.encode_regions``).
+            mean-pooled (the released code; ``HostAdapter.encode_regions``); ``roi``:
+            RoIAlign on the dense maps the host computed for its LLM tokens, with the box's
+            geometry and time, through a small MLP that trains in stage 1 (group ``tsf``).
         k, iterations, space, geometry_weight, fewer: the choice of the K moments
             (:class:`~sparrow_plugin.tsf.select.SelectionSettings`; ``space: appearance``
             is the code's, ``joint`` the paper's). Only frames where the track found the
@@ -231,7 +233,7 @@ class TSFSettings:
     mode: Literal["off", "train", "train+infer"] = "off"
     infer: Literal["box_file", "first_pass"] = "first_pass"
     box_files: str | None = None
-    encoding: Literal["crop"] = "crop"
+    encoding: Literal["crop", "roi"] = "crop"
     k: int = 4
     iterations: int = 8
     space: Literal["appearance", "joint"] = "appearance"
@@ -245,8 +247,8 @@ class TSFSettings:
             raise ConfigError(f"tsf.infer must be 'box_file' or 'first_pass', got {self.infer!r}")
         if self.mode == "train+infer" and self.infer == "box_file" and not self.box_files:
             raise ConfigError("tsf.infer 'box_file' reads a box file per video: set tsf.box_files (a path with {video}, or a folder of <video>.txt)")
-        if self.encoding != "crop":
-            raise ConfigError(f"tsf.encoding must be 'crop', got {self.encoding!r}")
+        if self.encoding not in ("crop", "roi"):
+            raise ConfigError(f"tsf.encoding must be 'crop' or 'roi', got {self.encoding!r}")
         self.selection()  # checks the rest
 
     def selection(self):

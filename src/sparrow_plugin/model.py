@@ -39,7 +39,7 @@ from sparrow_plugin.grounding.filtration import filtration_losses, filtration_ta
 from sparrow_plugin.interfaces import EmbedEdit, Prediction, VideoBatch, VisualFeatures
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
-from sparrow_plugin.tsf.inject import tsf_features
+from sparrow_plugin.tsf.inject import RoIRegionEncoder, roi_tsf_features, tsf_features
 from sparrow_plugin.tsf.tracks import Track, read_box_file
 
 __all__ = ["SparrowModel", "GROUNDING_ROLES"]
@@ -77,6 +77,7 @@ class SparrowModel(nn.Module):
         # [BOX]'s own L→V adapter, or None: the [SEG] adapter serves both (the authors')
         self.box_adapter = copy.deepcopy(self.seg_adapter) if self.config.box.adapter == "separate" else None
         self.box_grounding = BoxGrounding(self.config.box, self.decoder) if self.config.box.proposer else None
+        self.tsf_encoder = self._roi_encoder() if self.config.tsf.mode != "off" and self.config.tsf.encoding == "roi" else None
         if self.box_grounding is not None:
             self.frozen_digests.update(self.box_grounding.frozen_digests())
             released = getattr(host, "released_plugins", dict)().get("filtration")
@@ -126,6 +127,7 @@ class SparrowModel(nn.Module):
             "mask_decoder": self._trained_mask_decoder_parameters(),
             "box_adapter": list(self.box_adapter.parameters()) if self.box_adapter is not None else [],
             "filtration": self.box_grounding.filtration.trained_parameters(self.config.box.regression) if self.box_grounding is not None else [],
+            "tsf": list(self.tsf_encoder.parameters()) if self.tsf_encoder is not None else [],
         }
         assert set(groups) == set(PARAMETER_GROUPS)
         active = set(STAGE_GROUPS[self.config.stage]) | (set(self.config.box.also_train) if self.config.stage == 2 else set())
@@ -134,6 +136,16 @@ class SparrowModel(nn.Module):
             for p in params:
                 p.requires_grad_(True)
         return groups
+
+    @torch.no_grad()
+    def _roi_encoder(self) -> RoIRegionEncoder:
+        """TSF's ``roi`` encoder, sized by the host's dense maps (one blank clip through its
+        vision side, at its own frame count and size)."""
+        request = self.host.frame_request()
+        count = len(request.sample(64))
+        height, width = request.size(224, 224)
+        dense = self.host.encode_video(torch.zeros(1, count, 3, height, width)).dense
+        return RoIRegionEncoder(dense.shape[2], self.host.hidden_size)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -173,8 +185,10 @@ class SparrowModel(nn.Module):
         self.warn_unknown_words(batch.queries)
         has_target = batch.has_target if batch.has_target is not None else batch.masks.flatten(1).any(dim=1)
         answers = [self._answer(bool(t) or self.config.no_target == "empty_mask") for t in has_target.tolist()]
-        edits = self.tsf_edits(batch)
-        inputs = self.host.build_inputs(self.encode(batch), batch.queries, answers, num_tsf_tokens=self.config.tsf.k if edits else 0)
+        frames, indices = self.host_frames(batch)
+        visual = self.host.encode_video(frames, indices.to(frames.device))
+        edits = self.tsf_edits(batch, frames, indices, visual)
+        inputs = self.host.build_inputs(visual, batch.queries, answers, num_tsf_tokens=self.config.tsf.k if edits else 0)
         output = self.host(inputs, edits)
         losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
         if self.config.stage == 2:
@@ -209,21 +223,27 @@ class SparrowModel(nn.Module):
         losses["loss"] = total
         return losses
 
-    def tsf_edits(self, batch: VideoBatch) -> list[EmbedEdit]:
-        """The ``<TSF>`` embeddings of a training batch (``tsf.mode: train``): the target's
-        track on the host's frames, cropped, encoded by the host, K moments chosen; none
-        otherwise (evaluation: TSF is train-only)."""
+    def tsf_edits(self, batch: VideoBatch, frames: torch.Tensor, indices: torch.Tensor, visual: VisualFeatures) -> list[EmbedEdit]:
+        """The ``<TSF>`` embeddings of a training batch (``tsf.mode: train`` or
+        ``train+infer``), from the target's track on the host's frames; none otherwise
+        (evaluation reads TSF only in ``train+infer``, see :meth:`predict`)."""
         if self.config.tsf.mode == "off" or not self.training:
             return []
         if batch.tsf is None:
             raise ConfigError(
-                "tsf.mode 'train' needs the target's track in every training sample: give the data module tsf_tracks "
-                "(annotation, or a cache folder from `sparrow tsf build`)"
+                f"tsf.mode {self.config.tsf.mode!r} needs the target's track in every training sample: give the data module "
+                "tsf_tracks (annotation, or a cache folder from `sparrow tsf build`)"
             )
         if batch.llm_frames is None:
-            raise ValueError("TSF crops the host's frames: the batch has none (the data module was not told the host's frame request)")
-        values = tsf_features(self.host, batch.llm_frames, batch.tsf, self.config.tsf.selection())
-        return [EmbedEdit(self.role_ids["tsf"], values)]
+            raise ValueError("TSF reads the track on the host's frames: the batch has none (the data module was not told the host's frame request)")
+        return [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, batch.tsf))]
+
+    def _tsf_values(self, frames: torch.Tensor, indices: torch.Tensor, visual: VisualFeatures, tracks: list[Track]) -> torch.Tensor:
+        """(B, K, hidden): the tracks (on the host's frames) encoded (``tsf.encoding``), K chosen."""
+        selection = self.config.tsf.selection()
+        if self.tsf_encoder is not None:
+            return roi_tsf_features(self.tsf_encoder, visual, indices, tracks, selection)
+        return tsf_features(self.host, frames, tracks, selection)
 
     def _trains_masks(self) -> bool:
         """Whether the mask losses reach anything that trains: always in stage 1; in stage 2
@@ -368,11 +388,11 @@ class SparrowModel(nn.Module):
     def _predict(self, batch: VideoBatch, tracks: list | None) -> list[Prediction]:
         """:meth:`predict` with the given TSF tracks over the clip's frames (None: no TSF)."""
         frames, indices = self.host_frames(batch)
+        visual = self.host.encode_video(frames, indices.to(frames.device))
         edits = []
         if tracks is not None:
             on_host_frames = [Track(track.boxes[i], track.scores[i]) for track, i in zip(tracks, indices.cpu().tolist())]
-            edits = [EmbedEdit(self.role_ids["tsf"], tsf_features(self.host, frames, on_host_frames, self.config.tsf.selection()))]
-        visual = self.host.encode_video(frames, indices.to(frames.device))
+            edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, on_host_frames))]
         prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.k if edits else 0)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)

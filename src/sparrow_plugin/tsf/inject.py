@@ -1,4 +1,13 @@
-"""TSF features of a batch: crops of the target's track, encoded by the host, K chosen.
+"""TSF features of a batch: the target's track encoded, K moments chosen.
+
+Two encodings of a track's regions:
+
+- ``crop`` (the released code): each box cropped from the host's frame, stretched to its
+  size, through the host's own image tower and projector, mean-pooled
+  (:func:`tsf_features`); one extra tower pass per frame of the track.
+- ``roi``: RoIAlign on the dense maps the host already computed for its LLM tokens, next
+  to the box's centre, size and time, projected to the LLM width by a small MLP that
+  trains in stage 1 (:class:`RoIRegionEncoder`); no extra tower pass.
 
 The K vectors of each sample become the embeddings of its K ``<TSF>`` placeholders through
 the host's embedding-edit hook (:class:`~sparrow_plugin.interfaces.EmbedEdit`), so no
@@ -11,11 +20,14 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
 
+from sparrow_plugin.interfaces import VisualFeatures
 from sparrow_plugin.tsf.select import SelectionSettings, select_representatives, selection_features
 from sparrow_plugin.tsf.tracks import Track
 
-__all__ = ["crop_regions", "representatives", "tsf_features"]
+__all__ = ["RoIRegionEncoder", "crop_regions", "representatives", "roi_tsf_features", "tsf_features"]
 
 
 def crop_regions(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -66,3 +78,43 @@ def tsf_features(host, frames: torch.Tensor, tracks: list[Track], settings: Sele
     features = host.encode_regions(crop_regions(frames.flatten(0, 1), boxes.flatten(0, 1))).view(num_clips, num_frames, -1)
     times = torch.linspace(0, 1, num_frames, device=frames.device)
     return torch.stack([representatives(features[b], tracks[b], times, settings) for b in range(num_clips)])
+
+
+class RoIRegionEncoder(nn.Module):
+    """TSF's ``roi`` encoding: per frame of the host's dense maps, RoIAlign (3 x 3 bins,
+    averaged) of the track's box, with the box's centre and size and the frame's time,
+    through Linear-GELU-Linear to the LLM width.
+
+    Args:
+        dense_dim: channels of the host's dense maps; hidden_size: the LLM's width.
+    """
+
+    def __init__(self, dense_dim: int, hidden_size: int):
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(dense_dim + 5, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, visual: VisualFeatures, boxes: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """(B, T', hidden) from the dense maps (B, T', C, h, w), the track's boxes on those
+        frames (B, T', 4) normalised xyxy and their times (B, T') in [0, 1]."""
+        num_clips, num_frames = visual.dense.shape[:2]
+        maps = visual.dense.flatten(0, 1).float()
+        grid_boxes = visual.geometry.to_grid(boxes.flatten(0, 1).to(maps))
+        rois = torch.cat([torch.arange(len(grid_boxes), device=maps.device, dtype=maps.dtype)[:, None], grid_boxes], dim=1)
+        pooled = roi_align(maps, rois, output_size=3, spatial_scale=1.0, sampling_ratio=2, aligned=True).mean(dim=(2, 3))
+        flat = boxes.flatten(0, 1).to(maps)
+        geometry = torch.cat([(flat[:, :2] + flat[:, 2:]) / 2, flat[:, 2:] - flat[:, :2], times.flatten()[:, None].to(maps)], dim=1)
+        features = self.project(torch.cat([pooled, geometry], dim=1).to(self.project[0].weight.dtype))
+        return features.view(num_clips, num_frames, -1)
+
+
+def roi_tsf_features(encoder: RoIRegionEncoder, visual: VisualFeatures, host_indices: torch.Tensor, tracks: list[Track], settings: SelectionSettings) -> torch.Tensor:
+    """(B, K, hidden) TSF vectors of a batch from the dense maps the host computed for its
+    LLM frames (``visual``; its ``dense_frames`` are clip indices among ``host_indices``
+    (B, T_h), the frames the tracks (on the host's frames) are given on)."""
+    positions = (visual.dense_frames[:, :, None].to(host_indices.device) == host_indices[:, None, :]).float().argmax(dim=2)  # (B, T')
+    on_dense = [Track(track.boxes[p.cpu()], track.scores[p.cpu()]) for track, p in zip(tracks, positions)]
+    boxes = torch.stack([track.boxes for track in on_dense]).to(visual.dense.device)
+    times = positions.float() / max(host_indices.shape[1] - 1, 1)
+    features = encoder(visual, boxes, times)
+    values = torch.stack([representatives(features[b], on_dense[b], times[b].to(features.device), settings) for b in range(len(tracks))])
+    return values + 0.0 * features.sum()  # a batch without targets still reaches the encoder (DDP's reducer)
