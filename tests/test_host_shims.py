@@ -300,6 +300,7 @@ def _check_absent_sample_trains(name, release, synthetic_root, mode):
         last.bias.fill_(-50.0)  # "absent" on every frame
     dm = ReferringVideoDataModule(synthetic_root, image_size=model.decoder.image_size, train_frames=2, batch_size=2)
     dm.set_frame_request(model.host.frame_request())
+    dm.require_tsf_tracks()  # the real hosts' recipes train with TSF (what SparrowWrapper.setup asks for)
     dataset = dm.dataset("train", "train")
     batch = collate_referring([dataset[i] for i, e in enumerate(dataset.expressions) if e.anno_ids][:2])
     assert bool(batch.has_target.all())

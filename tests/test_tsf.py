@@ -54,6 +54,21 @@ def test_fewer_samples_than_k_are_all_kept():
         SelectionSettings(space="paper")
 
 
+def test_candidates_are_the_found_frames_or_all_as_the_code():
+    from sparrow_plugin.tsf.inject import representatives
+
+    features = torch.arange(12.0).view(6, 2)
+    track = Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(6, 1), torch.tensor([0.0, 1.0, 1.0, 0.0, 0.0, 0.0]))
+    times = torch.linspace(0, 1, 6)
+    found = representatives(features, track, times, SelectionSettings(k=4, candidates="found"))
+    assert found.tolist() == [features[1].tolist(), features[2].tolist()] * 2  # two found frames, repeated
+    padded = representatives(features, track, times, SelectionSettings(k=4, fewer="zeros", candidates="found"))
+    assert padded[2:].abs().sum() == 0 and torch.equal(padded[:2], features[1:3])
+    no_target = Track(track.boxes, torch.zeros(6))
+    assert representatives(features, no_target, times, SelectionSettings(k=4, candidates="found")).abs().sum() == 0
+    assert representatives(features, no_target, times, SelectionSettings(k=4, candidates="all")).abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- tracks
 
 

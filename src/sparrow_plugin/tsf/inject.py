@@ -48,12 +48,14 @@ def crop_regions(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 
 def representatives(features: torch.Tensor, track: Track, times: torch.Tensor, settings: SelectionSettings) -> torch.Tensor:
-    """(K, C) of one sample: K-means over the frames where the track found the target (its
-    features (N, C) on the host's frames, their boxes and times (N,) in [0, 1]); fewer
-    found frames than K are repeated in order or padded with zeros (``settings.fewer``);
-    none (no target) gives K zero vectors."""
+    """(K, C) of one sample: K-means over the candidate frames of its track (its features
+    (N, C) on the host's frames, their boxes and times (N,) in [0, 1];
+    ``settings.candidates``: where the target was found, or all); fewer candidates than K
+    are repeated in order or padded with zeros (``settings.fewer``); none (no target
+    found) gives K zero vectors."""
     k = settings.k
-    found = (track.scores > 0).nonzero().flatten().to(features.device)
+    candidates = track.scores > 0 if settings.candidates == "found" else torch.ones_like(track.scores, dtype=torch.bool)
+    found = candidates.nonzero().flatten().to(features.device)
     if not found.numel():
         return features.new_zeros(k, features.shape[-1])
     points = selection_features(features[found].detach(), track.boxes.to(features.device)[found], times[found], settings)

@@ -40,6 +40,10 @@ class SelectionSettings:
             until there are ``k`` (every ``<TSF>`` placeholder gets a feature), or
             ``zeros`` (the missing ones are zero vectors, as the code fills placeholders
             it has no crop for).
+        candidates: the track's frames K-means chooses among: ``all`` (the code's:
+            every frame, a frame without the target with its stand-in box, the previous
+            one or the whole frame) or ``found`` (where the target was found; a sample
+            without a target gets K zero vectors).
     """
 
     k: int = 4
@@ -47,6 +51,7 @@ class SelectionSettings:
     space: Literal["appearance", "joint"] = "appearance"
     geometry_weight: float = 1.0
     fewer: Literal["repeat", "zeros"] = "repeat"
+    candidates: Literal["found", "all"] = "all"
 
     def __post_init__(self):
         if self.k < 1 or self.iterations < 1:
@@ -55,6 +60,8 @@ class SelectionSettings:
             raise ConfigError(f"tsf selection space must be 'appearance' or 'joint', got {self.space!r}")
         if self.fewer not in ("repeat", "zeros"):
             raise ConfigError(f"tsf selection fewer must be 'repeat' or 'zeros', got {self.fewer!r}")
+        if self.candidates not in ("found", "all"):
+            raise ConfigError(f"tsf selection candidates must be 'found' or 'all', got {self.candidates!r}")
         if self.geometry_weight < 0:
             raise ConfigError(f"tsf selection geometry_weight must be >= 0, got {self.geometry_weight}")
 
