@@ -50,7 +50,7 @@ def test_fewer_samples_than_k_are_all_kept():
     settings = SelectionSettings(k=4)
     assert select_representatives(appearance[:3], settings) == [0, 1, 2]
     assert select_representatives(appearance[:0], settings) == []
-    with pytest.raises(ConfigError, match="space must be"):
+    with pytest.raises(ConfigError, match="tsf.select.space must be"):
         SelectionSettings(space="paper")
 
 
@@ -199,7 +199,7 @@ def test_training_with_tsf_feeds_the_tracks_crops_to_the_llm(synthetic_root):
     from a run without them; evaluation reads no track."""
     from sparrow_plugin.data import ReferringVideoDataModule
 
-    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "k": 2})
+    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "select": {"k": 2}})
     data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=3, train_frames=4)
     data.set_frame_request(wrapper.host.frame_request())
     data.require_tsf_tracks()
@@ -228,7 +228,7 @@ def test_training_with_tsf_feeds_the_tracks_crops_to_the_llm(synthetic_root):
 def test_roi_encoding_trains_its_projection_from_the_hosts_own_maps(synthetic_root):
     from sparrow_plugin.data import ReferringVideoDataModule
 
-    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "encoding": "roi", "k": 2})
+    wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "encoding": "roi", "select": {"k": 2}})
     assert {p for p in wrapper.trainable_groups["tsf"]} == set(wrapper.model.tsf_encoder.parameters())
     data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=3, train_frames=4)
     data.set_frame_request(wrapper.host.frame_request())
@@ -333,7 +333,7 @@ def test_box_files_in_either_format_give_the_same_tsf_at_inference(tmp_path, syn
             (tmp_path / name / f"{video}.txt").write_text("\n".join([line] * 8))
     answers = {}
     for name in ("xyxy", "xywh"):
-        wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "box_file", "box_files": str(tmp_path / name), "k": 2})
+        wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "box_file", "box_files": str(tmp_path / name), "select": {"k": 2}})
         torch.manual_seed(0)
         with torch.no_grad():
             predictions = wrapper.model.predict(batch)
@@ -348,7 +348,7 @@ def test_box_files_in_either_format_give_the_same_tsf_at_inference(tmp_path, syn
 def test_the_first_pass_feeds_tsf_to_a_second(synthetic_root):
     from .test_wrapper import _batch
 
-    wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "first_pass", "k": 2})
+    wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "first_pass", "select": {"k": 2}})
     with torch.no_grad():
         predictions = wrapper.model.predict(_batch(synthetic_root, size=2))
     assert prefills == [0, 2]  # without TSF, then with the first pass's track

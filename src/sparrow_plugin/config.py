@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 from sparrow_plugin.errors import ConfigError
+from sparrow_plugin.tsf.select import SelectionSettings
 
 __all__ = [
     "LoraSettings",
@@ -223,25 +224,19 @@ class TSFSettings:
             mean-pooled (the released code; ``HostAdapter.encode_regions``); ``roi``:
             RoIAlign on the dense maps the host computed for its LLM tokens, with the box's
             geometry and time, through a small MLP that trains in stage 1 (group ``tsf``).
-        k, iterations, space, geometry_weight, fewer, candidates: the choice of the K
-            moments (:class:`~sparrow_plugin.tsf.select.SelectionSettings`; ``space:
-            appearance`` is the code's, ``joint`` the paper's; ``candidates: all``, the
-            code's and the default, chooses among every frame, stand-in boxes included;
-            ``found`` among the frames where the track found the target, and gives a sample
-            with none (no target) K zero vectors: on the tiny host that taught the LLM to
-            read "no target" from the zeros, 0.04 J&F worse).
+        select: the choice of the K moments
+            (:class:`~sparrow_plugin.tsf.select.SelectionSettings`: ``k``, ``space``
+            (``appearance`` the code's, ``joint`` the paper's), ``candidates`` (``all`` the
+            code's and the default; ``found`` gives a no-target sample K zero vectors, which
+            on the tiny host taught the LLM to read "no target" from the zeros, 0.04 J&F
+            worse), ...).
     """
 
     mode: Literal["off", "train", "train+infer"] = "off"
     infer: Literal["box_file", "first_pass"] = "first_pass"
     box_files: str | None = None
     encoding: Literal["crop", "roi"] = "crop"
-    k: int = 4
-    iterations: int = 8
-    space: Literal["appearance", "joint"] = "appearance"
-    geometry_weight: float = 1.0
-    fewer: Literal["repeat", "zeros"] = "repeat"
-    candidates: Literal["found", "all"] = "all"
+    select: SelectionSettings = field(default_factory=SelectionSettings)
 
     def __post_init__(self):
         if self.mode not in ("off", "train", "train+infer"):
@@ -252,14 +247,6 @@ class TSFSettings:
             raise ConfigError("tsf.infer 'box_file' reads a box file per video: set tsf.box_files (a path with {video}, or a folder of <video>.txt)")
         if self.encoding not in ("crop", "roi"):
             raise ConfigError(f"tsf.encoding must be 'crop' or 'roi', got {self.encoding!r}")
-        self.selection()  # checks the rest
-
-    def selection(self):
-        from sparrow_plugin.tsf.select import SelectionSettings
-
-        return SelectionSettings(
-            k=self.k, iterations=self.iterations, space=self.space, geometry_weight=self.geometry_weight, fewer=self.fewer, candidates=self.candidates
-        )
 
 
 @dataclass

@@ -188,7 +188,7 @@ class SparrowModel(nn.Module):
         frames, indices = self.host_frames(batch)
         visual = self.host.encode_video(frames, indices.to(frames.device))
         edits = self.tsf_edits(batch, frames, indices, visual)
-        inputs = self.host.build_inputs(visual, batch.queries, answers, num_tsf_tokens=self.config.tsf.k if edits else 0)
+        inputs = self.host.build_inputs(visual, batch.queries, answers, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
         output = self.host(inputs, edits)
         losses = {"ce": causal_lm_loss(output.logits, inputs.labels)}
         if self.config.stage == 2:
@@ -240,7 +240,7 @@ class SparrowModel(nn.Module):
 
     def _tsf_values(self, frames: torch.Tensor, indices: torch.Tensor, visual: VisualFeatures, tracks: list[Track]) -> torch.Tensor:
         """(B, K, hidden): the tracks (on the host's frames) encoded (``tsf.encoding``), K chosen."""
-        selection = self.config.tsf.selection()
+        selection = self.config.tsf.select
         if self.tsf_encoder is not None:
             return roi_tsf_features(self.tsf_encoder, visual, indices, tracks, selection)
         return tsf_features(self.host, frames, tracks, selection)
@@ -393,7 +393,7 @@ class SparrowModel(nn.Module):
         if tracks is not None:
             on_host_frames = [Track(track.boxes[i], track.scores[i]) for track, i in zip(tracks, indices.cpu().tolist())]
             edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, on_host_frames))]
-        prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.k if edits else 0)
+        prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
         is_seg = roles == GROUNDING_ROLES.index("seg")

@@ -55,15 +55,15 @@ class SelectionSettings:
 
     def __post_init__(self):
         if self.k < 1 or self.iterations < 1:
-            raise ConfigError(f"tsf selection needs k >= 1 and iterations >= 1, got k={self.k}, iterations={self.iterations}")
+            raise ConfigError(f"tsf.select needs k >= 1 and iterations >= 1, got k={self.k}, iterations={self.iterations}")
         if self.space not in ("appearance", "joint"):
-            raise ConfigError(f"tsf selection space must be 'appearance' or 'joint', got {self.space!r}")
+            raise ConfigError(f"tsf.select.space must be 'appearance' or 'joint', got {self.space!r}")
         if self.fewer not in ("repeat", "zeros"):
-            raise ConfigError(f"tsf selection fewer must be 'repeat' or 'zeros', got {self.fewer!r}")
+            raise ConfigError(f"tsf.select.fewer must be 'repeat' or 'zeros', got {self.fewer!r}")
         if self.candidates not in ("found", "all"):
-            raise ConfigError(f"tsf selection candidates must be 'found' or 'all', got {self.candidates!r}")
+            raise ConfigError(f"tsf.select.candidates must be 'found' or 'all', got {self.candidates!r}")
         if self.geometry_weight < 0:
-            raise ConfigError(f"tsf selection geometry_weight must be >= 0, got {self.geometry_weight}")
+            raise ConfigError(f"tsf.select.geometry_weight must be >= 0, got {self.geometry_weight}")
 
 
 def selection_features(appearance: torch.Tensor, boxes: torch.Tensor, times: torch.Tensor, settings: SelectionSettings) -> torch.Tensor:
