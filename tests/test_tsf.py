@@ -368,3 +368,23 @@ def test_a_first_pass_track_is_its_masks_boxes():
     assert track.scores.tolist() == [1.0, 0.0, 1.0]
     none = _track_of(Prediction(answer="", truncated=False, grounding_tokens=[], masks=None), batch, 0)
     assert none.scores.tolist() == [0.0, 0.0, 0.0]  # nothing found: K zero vectors in the second pass
+
+
+# ----------------------------------------------------------------------------- trackers
+
+
+def test_the_iou_tracker_follows_a_moving_box_through_a_look_alike_and_a_gap():
+    """A box moving right by 0.05 a frame, started mid-clip; a more confident distractor on
+    every frame beside its path; the target missed on frame 6 (the track keeps its prediction, score
+    0) and found again after."""
+    from sparrow_plugin.tsf.trackers import IoUVelocityTracker, Tracker
+
+    truth = torch.stack([torch.tensor([0.1 + 0.05 * t, 0.4, 0.3 + 0.05 * t, 0.6]) for t in range(10)])
+    distractor = truth + torch.tensor([0.0, 0.25, 0.0, 0.25])
+    detections = [(torch.stack([distractor[t], truth[t]]), torch.tensor([0.9, 0.8])) for t in range(10)]
+    detections[6] = (distractor[6][None], torch.tensor([0.9]))
+    tracker = IoUVelocityTracker()
+    assert isinstance(tracker, Tracker)
+    track = tracker.track(4, truth[4], detections)
+    assert torch.allclose(track.boxes, truth, atol=1e-5)  # frame 6 predicted where it was
+    assert track.scores.tolist() == pytest.approx([0.8] * 4 + [1.0, 0.8, 0.0, 0.8, 0.8, 0.8])
