@@ -388,3 +388,64 @@ def test_the_iou_tracker_follows_a_moving_box_through_a_look_alike_and_a_gap():
     track = tracker.track(4, truth[4], detections)
     assert torch.allclose(track.boxes, truth, atol=1e-5)  # frame 6 predicted where it was
     assert track.scores.tolist() == pytest.approx([0.8] * 4 + [1.0, 0.8, 0.0, 0.8, 0.8, 0.8])
+
+
+def _tiny_grounding_dino(folder, seed: int = 0):
+    """A tiny GroundingDINO and its processor (a BERT word-piece tokenizer, 256 px) saved to
+    ``folder``, as save_pretrained writes a released one."""
+    from transformers import (
+        BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor,
+        GroundingDinoProcessor, SwinConfig,
+    )
+
+    from sparrow_plugin.data.synthetic import COLOURS, SHAPES
+
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "the", "big", "small", *COLOURS, *SHAPES]
+    (folder / "vocab.txt").write_text("\n".join(words))
+    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 256, "longest_edge": 256}), tokenizer=tokenizer)
+    config = GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=256, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2,
+        decoder_attention_heads=2, num_queries=10, max_text_len=16, num_feature_levels=4,
+    )
+    torch.manual_seed(seed)
+    GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_grounding_dino_runs_end_to_end_on_a_tiny_configuration(tmp_path):
+    """The detector of the detect + track source, loaded from a folder with transformers'
+    zero-shot detection classes: boxes of a phrase on one frame."""
+    from sparrow_plugin.errors import CheckpointError
+    from sparrow_plugin.tsf.detect import GroundingDinoDetector
+
+    detector = GroundingDinoDetector(_tiny_grounding_dino(tmp_path / "dino"), box_threshold=0.0, text_threshold=0.0)
+    boxes, scores = detector.detect(torch.rand(3, 120, 160), "The red circle.")
+    assert boxes.shape == (10, 4) and scores.shape == (10,)
+    assert bool((boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2:] >= boxes[:, :2]).all())
+    assert torch.equal(scores, scores.sort(descending=True).values)
+    with pytest.raises(CheckpointError, match="no detector here"):
+        GroundingDinoDetector(tmp_path / "absent")
+
+
+def test_detect_and_track_builds_a_track_per_expression_and_records_its_detector(tmp_path, synthetic_root):
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.tsf.builder import build_track_cache
+
+    dino = _tiny_grounding_dino(tmp_path / "dino")
+    count = build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(dino), accelerator="cpu", devices=1)
+    expressions = MeViSDataset(synthetic_root, "valid_u", image_size=32).expressions
+    assert count == len(expressions)
+    tracks = TrackCache(tmp_path / "cache", {}).read()
+    for expression in expressions:
+        track = tracks[f"{expression.video}/{expression.exp_id}"]
+        assert len(track) == len(expression.frames) and bool(((track.scores >= 0) & (track.scores <= 1)).all())
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["producer"]["source"] == "detect+track" and len(manifest["producer"]["detector"]["digest"]) == 64
+    other = _tiny_grounding_dino(tmp_path / "other", seed=1)
+    with pytest.raises(DatasetError, match=r"producer\.detector\.digest"):
+        build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(other), accelerator="cpu", devices=1)

@@ -222,7 +222,8 @@ def _tsf_command(argv: list[str]) -> None:
     build.add_argument("--config", action="append", required=True, help="the recipe whose data (root, train split) the cache is for; repeatable")
     build.add_argument("--out", required=True, help="the cache folder")
     build.add_argument("--split", default=None, help="the split (default: the recipe's train_split, else train)")
-    build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks)")
+    build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks) or detect+track (GroundingDINO + an IoU tracker)")
+    build.add_argument("--detector", default=None, help="detect+track: a GroundingDINO folder (model and processor, save_pretrained)")
     build.add_argument("--accelerator", default="cpu")
     build.add_argument("--devices", default="1")
     build.add_argument("--strategy", default="auto")
@@ -240,7 +241,7 @@ def _tsf_command(argv: list[str]) -> None:
         raise SparrowError(f"{args.config[-1]}: the recipe names no data.init_args.root, the dataset the cache is for")
     split = args.split or data.get("train_split", "train")
     devices = int(args.devices) if args.devices.isdigit() else args.devices
-    count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite,
+    count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite, detector=args.detector,
                               accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 

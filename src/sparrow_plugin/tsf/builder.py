@@ -10,6 +10,12 @@ Sources of tracks:
 
 - ``annotation``: the referred objects' boxes from the split's masks (the released code's
   way), read from the RLEs without decoding them.
+- ``detect+track`` (the paper's way): GroundingDINO (:mod:`sparrow_plugin.tsf.detect`)
+  finds the expression on every frame; the most confident detection of the clip starts an
+  IoU + constant-velocity track (:mod:`sparrow_plugin.tsf.trackers`) through the other
+  frames' detections. A clip where nothing is detected gets a track of stand-in boxes with
+  score 0. The producer records the detector's file digest and both thresholds, so a cache
+  of another detector is refused.
 """
 
 from __future__ import annotations
@@ -17,24 +23,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.errors import ConfigError
-from sparrow_plugin.tsf.cache import TrackCache, dataset_record
+from sparrow_plugin.tsf.cache import TrackCache, dataset_record, file_digest
+from sparrow_plugin.tsf.trackers import IoUVelocityTracker
 from sparrow_plugin.tsf.tracks import Track, annotation_track
 
 __all__ = ["SOURCES", "TrackBuilder", "build_track_cache"]
 
-SOURCES = ("annotation",)
+SOURCES = ("annotation", "detect+track")
 
 
 class _Expressions(Dataset):
-    """The split's expressions not yet in the cache, as (key, object boxes, visibility)."""
+    """The split's expressions not yet in the cache: (key, object boxes, visibility) for
+    ``annotation``, (key, text, (T, 3, H, W) frames) for ``detect+track``."""
 
-    def __init__(self, dataset: MeViSDataset, done: set[str]):
-        self.dataset = dataset
+    def __init__(self, dataset: MeViSDataset, done: set[str], source: str):
+        self.dataset, self.source = dataset, source
         self.expressions = [e for e in dataset.expressions if f"{e.video}/{e.exp_id}" not in done]
 
     def __len__(self) -> int:
@@ -42,8 +53,11 @@ class _Expressions(Dataset):
 
     def __getitem__(self, index: int):
         expression = self.expressions[index]
-        boxes, visible = self.dataset.annotation_boxes(expression)
-        return f"{expression.video}/{expression.exp_id}", boxes, visible
+        key = f"{expression.video}/{expression.exp_id}"
+        if self.source == "annotation":
+            return key, *self.dataset.annotation_boxes(expression)
+        frames = [self.dataset.read_frame(expression.video, name) for name in expression.frames]
+        return key, expression.text, self.dataset.to_tensor(np.stack(frames))
 
 
 class TrackBuilder(L.LightningModule):
@@ -54,14 +68,38 @@ class TrackBuilder(L.LightningModule):
         out: the cache folder.
         source: where the boxes come from (:data:`SOURCES`).
         overwrite: replace a cache another build made (otherwise refused).
+        detector: ``detect+track``: the GroundingDINO folder; box_threshold, text_threshold
+            its thresholds.
     """
 
-    def __init__(self, root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        out: str | Path,
+        source: str = "annotation",
+        overwrite: bool = False,
+        detector: str | Path | None = None,
+        box_threshold: float = 0.35,
+        text_threshold: float = 0.25,
+    ):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"tsf source must be one of {list(SOURCES)}, got {source!r}")
+        producer = {"source": source, "dataset": dataset_record(root, split)}
+        self.detector = self.tracker = None
+        if source == "detect+track":
+            if detector is None:
+                raise ConfigError("tsf source 'detect+track' needs a detector: give --detector, a GroundingDINO folder")
+            from sparrow_plugin.tsf.detect import GroundingDinoDetector
+
+            self.detector = GroundingDinoDetector(detector, box_threshold=box_threshold, text_threshold=text_threshold)
+            self.tracker = IoUVelocityTracker()
+            weights = sorted(p for p in Path(detector).iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".txt"))
+            producer["detector"] = {"digest": file_digest(*weights), "box_threshold": box_threshold, "text_threshold": text_threshold}
+            producer["tracker"] = {"name": "iou_velocity", "min_iou": self.tracker.min_iou, "patience": self.tracker.patience}
         self.root, self.split, self.source, self.overwrite = Path(root), split, source, overwrite
-        self.cache = TrackCache(out, {"source": source, "dataset": dataset_record(root, split)})
+        self.cache = TrackCache(out, producer)
         self.done: set[str] = set()
 
     def setup(self, stage: str) -> None:
@@ -72,11 +110,21 @@ class TrackBuilder(L.LightningModule):
         self.done = set(self.cache.built())
 
     def predict_dataloader(self) -> DataLoader:
-        expressions = _Expressions(MeViSDataset(self.root, self.split, image_size=32), self.done)
-        return DataLoader(expressions, batch_size=8, collate_fn=list)
+        expressions = _Expressions(MeViSDataset(self.root, self.split, image_size=32), self.done, self.source)
+        return DataLoader(expressions, batch_size=8 if self.source == "annotation" else 1, collate_fn=list)
 
     def predict_step(self, batch, batch_idx: int) -> list[tuple[str, Track]]:
-        return [(key, annotation_track(boxes, visible)) for key, boxes, visible in batch]
+        if self.source == "annotation":
+            return [(key, annotation_track(boxes, visible)) for key, boxes, visible in batch]
+        return [(key, self._detect_and_track(text, frames)) for key, text, frames in batch]
+
+    def _detect_and_track(self, text: str, frames: torch.Tensor) -> Track:
+        detections = [self.detector.detect(frame, text) for frame in frames]
+        best = [float(scores[0]) if len(scores) else -1.0 for _, scores in detections]
+        start = max(range(len(best)), key=best.__getitem__)
+        if best[start] < 0:  # nothing found anywhere: stand-in boxes, not candidates
+            return Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(len(frames), 1), torch.zeros(len(frames)))
+        return self.tracker.track(start, detections[start][0][0], detections)
 
 
 class _CacheWriter(BasePredictionWriter):
@@ -89,11 +137,13 @@ class _CacheWriter(BasePredictionWriter):
         pl_module.cache.append(trainer.global_rank, prediction)
 
 
-def build_track_cache(root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, **trainer_args) -> int:
+def build_track_cache(
+    root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None, **trainer_args
+) -> int:
     """Build (or resume) the cache; returns how many tracks it holds (as this rank sees it
     at the end). ``trainer_args`` go to the Lightning Trainer (accelerator, devices,
     strategy, num_nodes)."""
-    builder = TrackBuilder(root, split, out, source, overwrite)
+    builder = TrackBuilder(root, split, out, source, overwrite, detector=detector)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[_CacheWriter()], enable_model_summary=False, **trainer_args)
     trainer.predict(builder, return_predictions=False)
     return len(builder.cache.built())
