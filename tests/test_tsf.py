@@ -385,7 +385,7 @@ def test_the_iou_tracker_follows_a_moving_box_through_a_look_alike_and_a_gap():
     detections[6] = (distractor[6][None], torch.tensor([0.9]))
     tracker = IoUVelocityTracker()
     assert isinstance(tracker, Tracker)
-    track = tracker.track(4, truth[4], detections)
+    track = tracker.track(None, 4, truth[4], detections)
     assert torch.allclose(track.boxes, truth, atol=1e-5)  # frame 6 predicted where it was
     assert track.scores.tolist() == pytest.approx([0.8] * 4 + [1.0, 0.8, 0.0, 0.8, 0.8, 0.8])
 
@@ -446,6 +446,34 @@ def test_detect_and_track_builds_a_track_per_expression_and_records_its_detector
         assert len(track) == len(expression.frames) and bool(((track.scores >= 0) & (track.scores <= 1)).all())
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert manifest["producer"]["source"] == "detect+track" and len(manifest["producer"]["detector"]["digest"]) == 64
+    from sparrow_plugin.decoder.build import build_sam2
+
+    torch.save({"model": build_sam2("sam2.1_hiera_tiny128").state_dict()}, tmp_path / "sam2.pt")  # an official checkpoint's layout
+    sam2_cache = tmp_path / "sam2_cache"
+    count = build_track_cache(synthetic_root, "valid_u", sam2_cache, source="detect+track", detector=str(dino), tracker="sam2",
+                              sam2_config="sam2.1_hiera_tiny128", sam2_checkpoint=str(tmp_path / "sam2.pt"), accelerator="cpu", devices=1)
+    assert count == len(expressions)
+    assert json.loads((sam2_cache / "manifest.json").read_text())["producer"]["tracker"]["name"] == "sam2"
     other = _tiny_grounding_dino(tmp_path / "other", seed=1)
     with pytest.raises(DatasetError, match=r"producer\.detector\.digest"):
         build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(other), accelerator="cpu", devices=1)
+
+
+
+def test_the_sam2_tracker_prompts_the_box_and_reports_masks_boxes(synthetic_root):
+    """The SAM2 box tracker on a tiny SAM2 (untrained, so no claim on tracking quality):
+    a track over every frame, boxes in [0, 1], scores SAM2's presence (0 on empty masks)."""
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.decoder.build import build_sam2
+    from sparrow_plugin.tsf.trackers import SAM2BoxTracker, Tracker
+
+    torch.manual_seed(0)
+    tracker = SAM2BoxTracker("sam2.1_hiera_tiny128", state_dict=build_sam2("sam2.1_hiera_tiny128").state_dict())
+    assert isinstance(tracker, Tracker)
+    dataset = MeViSDataset(synthetic_root, "valid_u", image_size=128)
+    expression = next(e for e in dataset.expressions if e.kind == "appearance")
+    item = dataset._load(expression, 0)
+    start = int(item["object_visible"][0].nonzero()[0])
+    track = tracker.track(item["frames"], start, item["object_boxes"][0, start], None)
+    assert len(track) == item["frames"].shape[0]
+    assert bool(((track.boxes >= 0) & (track.boxes <= 1)).all() and ((track.scores >= 0) & (track.scores <= 1)).all())

@@ -11,9 +11,9 @@ Sources of tracks:
 - ``annotation``: the referred objects' boxes from the split's masks (the released code's
   way), read from the RLEs without decoding them.
 - ``detect+track`` (the paper's way): GroundingDINO (:mod:`sparrow_plugin.tsf.detect`)
-  finds the expression on every frame; the most confident detection of the clip starts an
-  IoU + constant-velocity track (:mod:`sparrow_plugin.tsf.trackers`) through the other
-  frames' detections. A clip where nothing is detected gets a track of stand-in boxes with
+  finds the expression on every frame; the most confident detection of the clip starts a
+  track (:mod:`sparrow_plugin.tsf.trackers`): ``iou`` through the other frames'
+  detections, or ``sam2``, SAM2 propagating the box (any config and checkpoint). A clip where nothing is detected gets a track of stand-in boxes with
   score 0. The producer records the detector's file digest and both thresholds, so a cache
   of another detector is refused.
 """
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.errors import ConfigError
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record, file_digest
-from sparrow_plugin.tsf.trackers import IoUVelocityTracker
+from sparrow_plugin.tsf.trackers import IoUVelocityTracker, SAM2BoxTracker
 from sparrow_plugin.tsf.tracks import Track, annotation_track
 
 __all__ = ["SOURCES", "TrackBuilder", "build_track_cache"]
@@ -70,6 +70,7 @@ class TrackBuilder(L.LightningModule):
         overwrite: replace a cache another build made (otherwise refused).
         detector: ``detect+track``: the GroundingDINO folder; box_threshold, text_threshold
             its thresholds.
+        tracker: ``iou`` or ``sam2`` (with ``sam2_config`` and ``sam2_checkpoint``).
     """
 
     def __init__(
@@ -82,6 +83,9 @@ class TrackBuilder(L.LightningModule):
         detector: str | Path | None = None,
         box_threshold: float = 0.35,
         text_threshold: float = 0.25,
+        tracker: str = "iou",
+        sam2_config: str | None = None,
+        sam2_checkpoint: str | None = None,
     ):
         super().__init__()
         if source not in SOURCES:
@@ -94,10 +98,18 @@ class TrackBuilder(L.LightningModule):
             from sparrow_plugin.tsf.detect import GroundingDinoDetector
 
             self.detector = GroundingDinoDetector(detector, box_threshold=box_threshold, text_threshold=text_threshold)
-            self.tracker = IoUVelocityTracker()
             weights = sorted(p for p in Path(detector).iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".txt"))
             producer["detector"] = {"digest": file_digest(*weights), "box_threshold": box_threshold, "text_threshold": text_threshold}
-            producer["tracker"] = {"name": "iou_velocity", "min_iou": self.tracker.min_iou, "patience": self.tracker.patience}
+            if tracker == "iou":
+                self.tracker = IoUVelocityTracker()
+                producer["tracker"] = {"name": "iou", "min_iou": self.tracker.min_iou, "patience": self.tracker.patience}
+            elif tracker == "sam2":
+                if sam2_config is None or sam2_checkpoint is None:  # an untrained SAM2 tracks nothing
+                    raise ConfigError("tracker 'sam2' needs --sam2-config (a SAM2 config name or YAML) and --sam2-checkpoint (its official .pt)")
+                self.tracker = SAM2BoxTracker(sam2_config, checkpoint=sam2_checkpoint)
+                producer["tracker"] = {"name": "sam2", "config": sam2_config, "digest": file_digest(sam2_checkpoint)}
+            else:
+                raise ConfigError(f"tracker must be 'iou' or 'sam2', got {tracker!r}")
         self.root, self.split, self.source, self.overwrite = Path(root), split, source, overwrite
         self.cache = TrackCache(out, producer)
         self.done: set[str] = set()
@@ -124,7 +136,7 @@ class TrackBuilder(L.LightningModule):
         start = max(range(len(best)), key=best.__getitem__)
         if best[start] < 0:  # nothing found anywhere: stand-in boxes, not candidates
             return Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(len(frames), 1), torch.zeros(len(frames)))
-        return self.tracker.track(start, detections[start][0][0], detections)
+        return self.tracker.track(frames, start, detections[start][0][0], detections)
 
 
 class _CacheWriter(BasePredictionWriter):
@@ -138,12 +150,15 @@ class _CacheWriter(BasePredictionWriter):
 
 
 def build_track_cache(
-    root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None, **trainer_args
+    root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None,
+    tracker: str = "iou", sam2_config: str | None = None, sam2_checkpoint: str | None = None, **trainer_args,
 ) -> int:
     """Build (or resume) the cache; returns how many tracks it holds (as this rank sees it
     at the end). ``trainer_args`` go to the Lightning Trainer (accelerator, devices,
     strategy, num_nodes)."""
-    builder = TrackBuilder(root, split, out, source, overwrite, detector=detector)
+    builder = TrackBuilder(
+        root, split, out, source, overwrite, detector=detector, tracker=tracker, sam2_config=sam2_config, sam2_checkpoint=sam2_checkpoint
+    )
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[_CacheWriter()], enable_model_summary=False, **trainer_args)
     trainer.predict(builder, return_predictions=False)
     return len(builder.cache.built())

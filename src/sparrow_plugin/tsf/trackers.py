@@ -1,6 +1,6 @@
 """Trackers for TSF's detect + track source: a box on one frame in, a track out.
 
-A tracker is anything with ``track(start_frame, start_box, detections) -> Track``
+A tracker is anything with ``track(frames, start_frame, start_box, detections) -> Track``
 (:class:`Tracker`), so a tracker without a package (the paper's CLDTracker) plugs in by
 wrapping its own code in that method. Shipped here:
 
@@ -8,6 +8,9 @@ wrapping its own code in that method. Shipped here:
   takes the detection that overlaps that prediction most (IoU at least ``min_iou``),
   forward and backward from the start frame. Frames without a match keep the prediction,
   with score 0 (not found), and after ``patience`` of them in a row the track stops moving.
+- :class:`SAM2BoxTracker`: SAM2 prompted with the box on the start frame, its memory
+  carrying the object forward and backward (any SAM2 config and checkpoint); each frame's
+  box is its mask's, the score SAM2's presence probability (0 where the mask is empty).
 """
 
 from __future__ import annotations
@@ -15,19 +18,20 @@ from __future__ import annotations
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_iou, masks_to_boxes
 
 from sparrow_plugin.tsf.tracks import Track
 
-__all__ = ["Tracker", "IoUVelocityTracker"]
+__all__ = ["Tracker", "IoUVelocityTracker", "SAM2BoxTracker"]
 
 
 @runtime_checkable
 class Tracker(Protocol):
-    def track(self, start_frame: int, start_box: torch.Tensor, detections: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Track:
+    def track(self, frames: torch.Tensor, start_frame: int, start_box: torch.Tensor, detections: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Track:
         """The target's track over every frame.
 
         Args:
+            frames: (T, 3, H, W) float RGB in [0, 1], the clip.
             start_frame: where the detector found the target; start_box: (4,) normalised
                 xyxy there.
             detections: per frame, (M_t, 4) normalised xyxy boxes and (M_t,) scores.
@@ -46,7 +50,7 @@ class IoUVelocityTracker:
     def __init__(self, min_iou: float = 0.3, patience: int = 2):
         self.min_iou, self.patience = min_iou, patience
 
-    def track(self, start_frame: int, start_box: torch.Tensor, detections: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Track:
+    def track(self, frames, start_frame: int, start_box: torch.Tensor, detections: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Track:
         num_frames = len(detections)
         boxes = torch.zeros(num_frames, 4)
         scores = torch.zeros(num_frames)
@@ -70,3 +74,30 @@ class IoUVelocityTracker:
                     velocity, missed = boxes[t] - previous, 0
                 previous = boxes[t]
         return Track(boxes, scores)
+
+
+class SAM2BoxTracker:
+    """SAM2 video propagation of one box (see the module docstring).
+
+    Args:
+        config: a SAM2 config name or YAML path; checkpoint: its official ``.pt``;
+            state_dict: or its weights as a state dict (the tests' tiny SAM2).
+    """
+
+    def __init__(self, config: str, checkpoint: str | None = None, state_dict: dict | None = None):
+        from sparrow_plugin.decoder import SAM2VideoDecoder
+        from sparrow_plugin.decoder.build import build_sam2
+
+        self.decoder = SAM2VideoDecoder(build_sam2(config, state_dict=state_dict, checkpoint=checkpoint)).eval()
+
+    @torch.no_grad()
+    def track(self, frames: torch.Tensor, start_frame: int, start_box: torch.Tensor, detections=None) -> Track:
+        size = self.decoder.image_size
+        out = self.decoder(frames[None], None, boxes=start_box.float().view(1, 1, 4) * size, cond_frame=start_frame)
+        masks = out.mask_logits[0] > 0  # (T, S, S)
+        present = masks.flatten(1).any(dim=1)
+        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(len(masks), 1)
+        if bool(present.any()):
+            boxes[present] = (masks_to_boxes(masks[present]) + torch.tensor([0.0, 0.0, 1.0, 1.0])) / size
+        scores = torch.where(present, out.object_logits[0].sigmoid(), torch.zeros(()))
+        return Track(boxes.clamp(0, 1), scores.float())
