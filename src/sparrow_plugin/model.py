@@ -30,7 +30,6 @@ from torchvision.ops import box_iou
 
 from sparrow_plugin.checkpoints import host_record, host_weight_digests
 from sparrow_plugin.config import PARAMETER_GROUPS, STAGE_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
-from sparrow_plugin.data.mevis import normalised_boxes
 from sparrow_plugin.decoder import SAM2VideoDecoder
 from sparrow_plugin.errors import ConfigError, SparrowWarning
 from sparrow_plugin.frames import resize_frames, uniform_frames
@@ -40,6 +39,7 @@ from sparrow_plugin.interfaces import EmbedEdit, Prediction, VideoBatch, VisualF
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.tsf.inject import RoIRegionEncoder, roi_tsf_features, tsf_features
+from sparrow_plugin.tsf.trackers import mask_track
 from sparrow_plugin.tsf.tracks import Track, read_box_file
 
 __all__ = ["SparrowModel", "GROUNDING_ROLES"]
@@ -391,7 +391,7 @@ class SparrowModel(nn.Module):
         visual = self.host.encode_video(frames, indices.to(frames.device))
         edits = []
         if tracks is not None:
-            on_host_frames = [Track(track.boxes[i], track.scores[i]) for track, i in zip(tracks, indices.cpu().tolist())]
+            on_host_frames = [track.on(i) for track, i in zip(tracks, indices.cpu().tolist())]
             edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, on_host_frames))]
         prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
@@ -677,12 +677,7 @@ class _Kept(NamedTuple):
 def _track_of(prediction: Prediction, batch: VideoBatch, b: int) -> Track:
     """The track a first pass found: its mask's box on every decoded frame (score 1), the
     whole frame with score 0 where the mask is empty (not found)."""
-    num_frames = len(batch.frame_names[b])
-    if prediction.masks is None:
-        return Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(num_frames, 1), torch.zeros(num_frames))
-    boxes, found = normalised_boxes(prediction.masks[None])[0], prediction.masks.flatten(1).any(dim=1)
-    boxes[~found] = torch.tensor([0.0, 0.0, 1.0, 1.0])
-    return Track(boxes, found.float())
+    return Track.not_found(len(batch.frame_names[b])) if prediction.masks is None else mask_track(prediction.masks)
 
 
 def _boxes_on(batch: VideoBatch, row: int, frame: int) -> torch.Tensor:

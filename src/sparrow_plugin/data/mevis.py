@@ -216,7 +216,7 @@ class MeViSDataset(Dataset):
             raise DatasetError(self.meta_path, f"expression {key!r} has no track in the TSF cache: build the cache for this split")
         if len(track) != len(expression.frames):
             raise DatasetError(self.meta_path, f"the TSF cache's track of {key!r} has {len(track)} frames, the video {len(expression.frames)}: rebuild the cache")
-        return Track(track.boxes[llm_indices], track.scores[llm_indices])
+        return track.on(llm_indices)
 
     def _host_frames(self, pixels: dict, llm_indices: list[int], frame_indices: list[int], frames: torch.Tensor, size) -> torch.Tensor:
         """The host's frames at its size; taken from the decoder's already resized ``frames``

@@ -221,15 +221,16 @@ class SAM2VideoDecoder(nn.Module):
                 last_box = cond_box
             is_cond = t == cond
             out = step(t, is_cond, prompt_tokens if is_cond else None, point_inputs if is_cond else None)
-            if re_anchor is not None and not is_cond:
-                presence, tracked = float(out["object_score_logits"][0, 0]), _mask_box(out["pred_masks_high_res"][0, 0])
-                box = re_anchor(t, presence, tracked, last_box)
+            if re_anchor is not None:
+                tracked = _mask_box(out["pred_masks_high_res"][0, 0])
+                box = None if is_cond else re_anchor(t, float(out["object_score_logits"][0, 0]), tracked, last_box)
                 if box is not None:  # prompted again here, on top of the memory so far
                     out, is_cond = step(t, False, prompt_tokens, _point_inputs(box.view(1, 1, 4), None)), True
                     prompted.append(t)
-            seen = _mask_box(out["pred_masks_high_res"][0, 0]) if re_anchor is not None and float(out["object_score_logits"][0, 0]) > 0 else None
-            last_box = seen if seen is not None else last_box  # where SAM2 last saw it present
-            cond_box = last_box if t == cond else cond_box
+                    tracked = _mask_box(out["pred_masks_high_res"][0, 0])
+                if tracked is not None and float(out["object_score_logits"][0, 0]) > 0:  # where SAM2 last saw it present
+                    last_box = tracked
+                cond_box = last_box if t == cond else cond_box
             output_dict["cond_frame_outputs" if is_cond else "non_cond_frame_outputs"][t] = out
             masks[t], scores[t] = out["pred_masks_high_res"][:, 0], out["object_score_logits"][:, 0]
         return DecoderOutput(

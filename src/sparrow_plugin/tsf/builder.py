@@ -135,7 +135,7 @@ class TrackBuilder(L.LightningModule):
         best = [float(scores[0]) if len(scores) else -1.0 for _, scores in detections]
         start = max(range(len(best)), key=best.__getitem__)
         if best[start] < 0:  # nothing found anywhere: stand-in boxes, not candidates
-            return Track(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(len(frames), 1), torch.zeros(len(frames)))
+            return Track.not_found(len(frames))
         return self.tracker.track(frames, start, detections[start][0][0], detections)
 
 

@@ -114,7 +114,7 @@ def roi_tsf_features(encoder: RoIRegionEncoder, visual: VisualFeatures, host_ind
     LLM frames (``visual``; its ``dense_frames`` are clip indices among ``host_indices``
     (B, T_h), the frames the tracks (on the host's frames) are given on)."""
     positions = (visual.dense_frames[:, :, None].to(host_indices.device) == host_indices[:, None, :]).float().argmax(dim=2)  # (B, T')
-    on_dense = [Track(track.boxes[p.cpu()], track.scores[p.cpu()]) for track, p in zip(tracks, positions)]
+    on_dense = [track.on(p.cpu()) for track, p in zip(tracks, positions)]
     boxes = torch.stack([track.boxes for track in on_dense]).to(visual.dense.device)
     times = positions.float() / max(host_indices.shape[1] - 1, 1)
     features = encoder(visual, boxes, times)

@@ -18,11 +18,22 @@ from __future__ import annotations
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
-from torchvision.ops import box_iou, masks_to_boxes
+from torchvision.ops import box_iou
 
+from sparrow_plugin.data.mevis import normalised_boxes
 from sparrow_plugin.tsf.tracks import Track
 
-__all__ = ["Tracker", "IoUVelocityTracker", "SAM2BoxTracker"]
+__all__ = ["Tracker", "IoUVelocityTracker", "SAM2BoxTracker", "mask_track"]
+
+
+def mask_track(masks: torch.Tensor, scores: torch.Tensor | None = None) -> Track:
+    """The track of a target's masks (T, H, W) bool: each frame's mask box, ``scores`` (T,)
+    (default 1); where the mask is empty, the whole frame with score 0 (not found)."""
+    found = masks.flatten(1).any(dim=1)
+    boxes = normalised_boxes(masks[None])[0]
+    boxes[~found] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    scores = torch.ones(len(masks)) if scores is None else scores.float().cpu()
+    return Track(boxes, torch.where(found, scores, torch.zeros(())))
 
 
 @runtime_checkable
@@ -94,10 +105,4 @@ class SAM2BoxTracker:
     def track(self, frames: torch.Tensor, start_frame: int, start_box: torch.Tensor, detections=None) -> Track:
         size = self.decoder.image_size
         out = self.decoder(frames[None], None, boxes=start_box.float().view(1, 1, 4) * size, cond_frame=start_frame)
-        masks = out.mask_logits[0] > 0  # (T, S, S)
-        present = masks.flatten(1).any(dim=1)
-        boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(len(masks), 1)
-        if bool(present.any()):
-            boxes[present] = (masks_to_boxes(masks[present]) + torch.tensor([0.0, 0.0, 1.0, 1.0])) / size
-        scores = torch.where(present, out.object_logits[0].sigmoid(), torch.zeros(()))
-        return Track(boxes.clamp(0, 1), scores.float())
+        return mask_track((out.mask_logits[0] > 0).cpu(), out.object_logits[0].sigmoid())

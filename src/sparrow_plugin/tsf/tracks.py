@@ -47,6 +47,15 @@ class Track:
     def __len__(self) -> int:
         return self.boxes.shape[0]
 
+    @classmethod
+    def not_found(cls, num_frames: int) -> "Track":
+        """A track of a target found nowhere: whole-frame stand-ins, score 0."""
+        return cls(torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(num_frames, 1), torch.zeros(num_frames))
+
+    def on(self, frames) -> "Track":
+        """The track on some of its frames (indices, in order)."""
+        return Track(self.boxes[frames], self.scores[frames])
+
 
 def _with_fallbacks(boxes: list[torch.Tensor | None]) -> Track:
     """Frames without a box take the previous frame's, else the whole frame; score 0."""
