@@ -10,7 +10,7 @@ from pycocotools import mask as mask_utils
 
 from sparrow_plugin.data import MeViSDataset, ReferringVideoDataModule, collate_referring
 from sparrow_plugin.data.mevis import rle_runs
-from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, SyntheticConfig, generate_benchmark
+from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, MOTION_PHRASES, SyntheticConfig, generate_benchmark
 from sparrow_plugin.errors import DatasetError
 
 from .conftest import SMALL
@@ -68,6 +68,28 @@ def test_the_hard_split_holds_what_tracking_from_one_frame_gets_wrong(tmp_path):
         assert looks.count(looks[target]) == 1 and expression["exp"] == "the {} {}".format(*looks[target])
         seen.append(expression["kind"])
     assert seen == ["late_entry", "occlusion", "crossing"] * 3
+
+
+def test_the_cross_split_holds_identical_copies_whose_paths_cross(tmp_path):
+    """valid_cross: two copies alike to the pixel move opposite ways, apart on the first and
+    last frames, one over the other mid-clip; each is named by its motion alone."""
+    root = generate_benchmark(tmp_path, seed=2, config=SyntheticConfig(train_videos=1, valid_videos=1, hard_videos=1, cross_videos=6))
+    meta = json.loads((root / "valid_cross" / "meta_expressions.json").read_text())["videos"]
+    masks = json.loads((root / "valid_cross" / "mask_dict.json").read_text())
+    assert len(meta) == 6
+    for video in meta.values():
+        expressions = list(video["expressions"].values())
+        assert [e["kind"] for e in expressions] == ["crossing_identity"] * 2
+        first, second = (video["objects"][str(e["obj_id"][0])] for e in expressions)
+        assert [first[k] for k in ("colour", "shape", "size")] == [second[k] for k in ("colour", "shape", "size")]
+        assert {first["motion"], second["motion"]} in ({"left", "right"}, {"up", "down"})
+        assert expressions[0]["exp"] == f"the {first['colour']} {first['shape']} {MOTION_PHRASES[first['motion']]}"
+        rles = [masks[str(e["anno_id"][0])] for e in expressions]
+        mid = len(rles[0]) // 2
+        for t in (0, len(rles[0]) - 1):  # apart: no pixel in common
+            assert mask_utils.area(mask_utils.merge([rles[0][t], rles[1][t]], intersect=True)) == 0
+        areas = [[0 if r is None else int(mask_utils.area(r)) for r in rle] for rle in rles]
+        assert min(areas[0][mid - 1], areas[0][mid]) < areas[0][0]  # the lower copy is covered while they cross
 
 
 def test_loader_reads_union_masks_and_resizes(synthetic_root):

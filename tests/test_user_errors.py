@@ -223,6 +223,26 @@ def test_report_refuses_a_file_that_is_not_json_and_a_name_per_file(tmp_path):
     assert "only J" in succeeded(sparrow("report", tmp_path / "a.json", "--names", "only"))
 
 
+def test_report_adds_another_splits_kinds_as_rows(tmp_path):
+    """--also: the same models on another split, one file per column; its kinds become rows,
+    and a kind the column already has is refused."""
+    def write(name, **kinds):
+        results = {"J": 0.5, "F": 0.5, "J&F": 0.5, "expressions": 9}
+        for kind, value in kinds.items():
+            results.update({f"{kind}/J": value, f"{kind}/F": value, f"{kind}/J&F": value, f"{kind}/expressions": 4})
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+        return tmp_path / f"{name}.json"
+
+    a, b = write("a", motion=0.25), write("b", motion=0.5)
+    a_cross, b_cross = write("a_cross", crossing_identity=0.125), write("b_cross", crossing_identity=0.75)
+    table = succeeded(sparrow("report", a, b, "--names", "x", "y", "--also", a_cross, b_cross))
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:]}
+    assert list(rows) == ["overall", "motion", "crossing_identity"]
+    assert rows["crossing_identity"][-1] == "0.750" and rows["crossing_identity"][-4] == "0.125"
+    refused(sparrow("report", a, b, "--also", a_cross), "1 --also files for 2 columns")
+    refused(sparrow("report", a, "--also", a), f"{a}: --also adds kinds that the column already has (motion)")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_recipe_on_a_cpu_lists_everything_missing_before_anything_loads(tmp_path):
     """VideoGLaMM's recipe on a machine with nothing: the GPU, every download (its temporal

@@ -148,9 +148,9 @@ def format_report(columns: dict[str, dict]) -> str:
 
 
 def _kind_order(kind: str):
-    from sparrow_plugin.data.synthetic import EXPRESSION_KINDS, HARD_KINDS
+    from sparrow_plugin.data.synthetic import CROSS_KINDS, EXPRESSION_KINDS, HARD_KINDS
 
-    known = EXPRESSION_KINDS + HARD_KINDS
+    known = EXPRESSION_KINDS + HARD_KINDS + CROSS_KINDS
     return (known.index(kind) if kind in known else len(known), kind)
 
 
@@ -170,11 +170,12 @@ def _data_command(argv: list[str]) -> None:
     synth.add_argument("--train-videos", type=int, default=None, help="videos in the train split (default 800)")
     synth.add_argument("--valid-videos", type=int, default=None, help="videos in the valid_u split (default 80)")
     synth.add_argument("--hard-videos", type=int, default=None, help="videos in the valid_hard split (default 60)")
+    synth.add_argument("--cross-videos", type=int, default=None, help="videos in the valid_cross split (default 40)")
     synth.add_argument("--overwrite", action="store_true", help="replace the splits of an existing benchmark")
     args = parser.parse_args(argv)
     from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
 
-    sizes = {k: v for k, v in (("train_videos", args.train_videos), ("valid_videos", args.valid_videos), ("hard_videos", args.hard_videos)) if v is not None}
+    sizes = {name: getattr(args, name) for name in ("train_videos", "valid_videos", "hard_videos", "cross_videos") if getattr(args, name) is not None}
     root = generate_benchmark(args.out, seed=args.seed, config=SyntheticConfig(**sizes), overwrite=args.overwrite)
     print(f"synthetic benchmark written to {root}")
 
@@ -255,13 +256,21 @@ def _report_command(argv: list[str]) -> None:
     parser.add_argument("files", nargs="+", help="JSON files written by `sparrow test --results`")
     parser.add_argument("--names", nargs="+", help="column names, one per file (default: file stems)")
     parser.add_argument("--proposer", default=None, help="a proposer's recall.json (written by its pre-training), printed below the table")
+    parser.add_argument(
+        "--also", nargs="+", default=None, metavar="FILE",
+        help="results of the same models on another split, one file per column: its kinds are added as rows (e.g. valid_cross's crossing_identity)",
+    )
     args = parser.parse_args(argv)
     if args.names is not None and len(args.names) != len(args.files):
         raise SparrowError(f"sparrow report: {len(args.names)} names for {len(args.files)} files; give one name per file or none")
+    if args.also is not None and len(args.also) != len(args.files):
+        raise SparrowError(f"sparrow report: {len(args.also)} --also files for {len(args.files)} columns; give one per column")
     names = args.names or [Path(f).stem for f in args.files]
     if len(set(names)) != len(names):
         raise SparrowError(f"sparrow report: column names must differ, got {names} (name them with --names)")
     columns = {name: _read_results(Path(file)) for name, file in zip(names, args.files)}
+    for name, file in zip(names, args.also or []):
+        columns[name] = _with_kinds_of(columns[name], _read_results(Path(file)), Path(file))
     print(format_report(columns))
     if args.proposer:
         recall = _read_json(Path(args.proposer), "a proposer's recall.json (sparrow fit --config recipes/<host>/proposer.yaml writes it)")
@@ -287,6 +296,17 @@ def _read_results(path: Path) -> dict:
     if "J&F" not in results:
         raise SparrowError(f"{path}: not a results file of `sparrow test --results` (no 'J&F' entry)")
     return results
+
+
+def _with_kinds_of(results: dict, other: dict, other_path: Path) -> dict:
+    """``results`` with the per-kind entries of ``other`` (another split) added."""
+    kinds = {key.split("/")[0] for key in results if "/" in key}
+    shared = sorted(kinds & {key.split("/")[0] for key in other if "/" in key})
+    if shared:
+        raise SparrowError(f"{other_path}: --also adds kinds that the column already has ({', '.join(shared)}); it is for another split's kinds")
+    merged = {**results, **{key: value for key, value in other.items() if "/" in key}}
+    merged["protocol_deviations"] = list(results.get("protocol_deviations", [])) + list(other.get("protocol_deviations", []))
+    return merged
 
 
 def _sparrow_error_in(error: BaseException | None) -> SparrowError | None:

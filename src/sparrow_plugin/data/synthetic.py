@@ -28,7 +28,14 @@ occlusion       stands still while a bigger shape passes over it and hides it co
 crossing        crosses a big shape of its colour or its shape, which passes over it
 ==============  ============================================================================
 
-Output (``docs/data_formats.md``), for the splits ``train``, ``valid_u`` and ``valid_hard``::
+A fourth split, ``valid_cross``, holds the identity crossings TSF is meant for: in each
+video two identical copies (same colour, shape and size) move towards each other on nearly
+the same line, meet mid-clip (one passes over the other) and go on, so only how each one
+moves tells them apart after the crossing. Both get an expression of kind
+``crossing_identity`` ("the red circle moving left").
+
+Output (``docs/data_formats.md``), for the splits ``train``, ``valid_u``, ``valid_hard`` and
+``valid_cross``::
 
     <root>/<split>/JPEGImages/<video>/<frame>.jpg
     <root>/<split>/meta_expressions.json   (+ "kind" per expression, "objects" per video)
@@ -57,9 +64,11 @@ __all__ = [
     "COLOURS",
     "SHAPES",
     "MOTIONS",
+    "MOTION_PHRASES",
     "RELATIONS",
     "EXPRESSION_KINDS",
     "HARD_KINDS",
+    "CROSS_KINDS",
     "SyntheticConfig",
     "generate_benchmark",
 ]
@@ -91,7 +100,8 @@ MOTION_PHRASES = {
 RELATIONS = ("above", "below", "left of", "right of")
 EXPRESSION_KINDS = ("appearance", "motion", "spatial", "multi", "no_target")
 HARD_KINDS = ("late_entry", "occlusion", "crossing")
-SPLITS = ("train", "valid_u", "valid_hard")
+CROSS_KINDS = ("crossing_identity",)
+SPLITS = ("train", "valid_u", "valid_hard", "valid_cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars"}
 NUMBER_WORDS = {2: "two", 3: "three"}
 
@@ -103,8 +113,8 @@ class SyntheticConfig:
     Attributes:
         width, height: frame size in pixels.
         num_frames: frames per video.
-        train_videos, valid_videos, hard_videos: videos in the ``train``, ``valid_u`` and
-            ``valid_hard`` splits.
+        train_videos, valid_videos, hard_videos, cross_videos: videos in the ``train``,
+            ``valid_u``, ``valid_hard`` and ``valid_cross`` splits.
         speed: (min, max) pixels per frame for moving objects.
         jpeg_quality: JPEG quality of the written frames.
     """
@@ -115,6 +125,7 @@ class SyntheticConfig:
     train_videos: int = 800
     valid_videos: int = 80
     hard_videos: int = 60
+    cross_videos: int = 40
     speed: tuple[float, float] = (3.0, 5.0)
     jpeg_quality: int = 92
 
@@ -125,7 +136,7 @@ class SyntheticConfig:
             raise ConfigError(f"num_frames must be at least 2 (motion needs time), got {self.num_frames}")
         if not 0 < self.speed[0] <= self.speed[1]:
             raise ConfigError(f"speed must be (min, max) with 0 < min <= max, got {self.speed}")
-        for name in ("train_videos", "valid_videos", "hard_videos"):
+        for name in ("train_videos", "valid_videos", "hard_videos", "cross_videos"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -155,7 +166,8 @@ class _Expression:
 
 
 def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig | None = None, overwrite: bool = False) -> Path:
-    """Write the ``train``, ``valid_u`` and ``valid_hard`` splits under ``root``; return ``root``.
+    """Write the ``train``, ``valid_u``, ``valid_hard`` and ``valid_cross`` splits under
+    ``root``; return ``root``.
 
     ``root`` must be absent or empty, so that the videos of an earlier benchmark never mix
     with these; ``overwrite`` replaces the splits of an earlier one (and nothing else).
@@ -167,11 +179,12 @@ def generate_benchmark(root: str | Path, seed: int = 0, config: SyntheticConfig 
         raise DatasetError(root, "is a file; the synthetic benchmark needs a folder")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise DatasetError(root, "folder is not empty; write the benchmark into a new folder, or pass --overwrite to replace its train and valid_u splits")
+            raise DatasetError(root, "folder is not empty; write the benchmark into a new folder, or pass --overwrite to replace its splits")
         for split in SPLITS:
             shutil.rmtree(root / split, ignore_errors=True)
     # Independent streams per split: valid_u does not change when train grows.
-    for split, num_videos, stream in zip(SPLITS, (config.train_videos, config.valid_videos, config.hard_videos), (0, 1, 2)):
+    sizes = (config.train_videos, config.valid_videos, config.hard_videos, config.cross_videos)
+    for split, num_videos, stream in zip(SPLITS, sizes, range(len(SPLITS))):
         rng = np.random.default_rng([seed, stream])
         # written aside and moved into place whole: a split that is there is complete
         partial = root / f".{split}.partial"
@@ -193,6 +206,8 @@ def _write_split(split_dir: Path, split: str, num_videos: int, rng: np.random.Ge
         video = f"{split}_{video_index:05d}"
         if split == "valid_hard":  # the three kinds in turn
             objects, expressions = _plan_hard_video(rng, config, HARD_KINDS[video_index % len(HARD_KINDS)])
+        elif split == "valid_cross":
+            objects, expressions = _plan_cross_video(rng, config)
         else:
             objects, expressions = _plan_video(rng, config)
         frames, visible = _render(objects, rng, config)
@@ -270,6 +285,49 @@ def _plan_hard_video(rng: np.random.Generator, config: SyntheticConfig, kind: st
             looks = objects[target]
             return objects, [_Expression(f"the {looks.colour} {looks.shape}", kind, [target])]
     raise RuntimeError(f"could not plan a {kind} video in 200 tries; the frames are too small")
+
+
+def _plan_cross_video(rng: np.random.Generator, config: SyntheticConfig) -> tuple[list[_Object], list[_Expression]]:
+    """Two identical copies moving towards each other, meeting mid-clip, a filler beneath."""
+    for _ in range(200):
+        colour, shape, size = _random_looks(rng)
+        direction = _pick(rng, ("left", "right", "up", "down"))
+        opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]
+        first = _new_object(rng, config, colour, shape, size, motion=direction)
+        second = _new_object(rng, config, colour, shape, size, motion=opposite)
+        second.radius = first.radius  # copies: the same size to the pixel
+        # the centres meet mid-clip, a few pixels apart across the direction of motion, so
+        # one passes over the other (it is drawn on top) and both are seen before and after
+        meet = config.num_frames // 2 - 0.5
+        across = np.array(MOTIONS[direction])[::-1] * rng.uniform(-0.3, 0.3) * first.radius
+        second.start = first.start + (first.velocity - second.velocity) * meet + across
+        objects = [first, second]
+        _add_fillers(objects, set(), rng, config, count=1)
+        objects = objects[2:] + objects[:2]  # the filler drawn first, beneath the copies
+        for obj in objects:
+            _simulate(obj, config)
+        if _cross_scene_ok(objects, config):
+            return objects, [
+                _Expression(f"the {colour} {shape} {MOTION_PHRASES[o.motion]}", "crossing_identity", [index])
+                for index, o in enumerate(objects) if index > 0
+            ]
+    raise RuntimeError("could not plan a valid_cross video in 200 tries; the frames are too small")
+
+
+def _cross_scene_ok(objects: list[_Object], config: SyntheticConfig) -> bool:
+    """The copies stay inside, overlap mid-clip, are apart on the first and last frames, and
+    the filler never touches them."""
+    filler, first, second = objects
+    for obj in (first, second):
+        if not all(_inside(p, obj.radius, config) for p in obj.track):
+            return False
+    gaps = np.linalg.norm(first.track - second.track, axis=1) - 2 * first.radius
+    if gaps.min() >= -first.radius or gaps[0] < 4 or gaps[-1] < 4:
+        return False
+    for obj in (first, second):
+        if (np.linalg.norm(filler.track - obj.track, axis=1) - (filler.radius + obj.radius)).min() < 4:
+            return False
+    return True
 
 
 def _plan_late_entry(rng, config) -> list[_Object]:
