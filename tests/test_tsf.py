@@ -355,6 +355,39 @@ def test_the_first_pass_feeds_tsf_to_a_second(synthetic_root):
     assert len(predictions) == 2
 
 
+def test_tsf_at_inference_from_the_data_a_cache_of_the_split_or_its_annotation(tmp_path, synthetic_root):
+    """tsf.infer dataset: each evaluation sample carries its track from tsf_eval_tracks; a
+    cache that the builder made from the split's annotation gives the same answers as the
+    annotation itself, which results record as an oracle; unset, it is refused."""
+    from sparrow_plugin.data import ReferringVideoDataModule
+    from sparrow_plugin.tsf.builder import build_track_cache
+
+    build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="annotation", accelerator="cpu", devices=1)
+    masks, tracks, deviations = {}, {}, {}
+    for source in ("annotation", str(tmp_path / "cache")):
+        wrapper, prefills = _inference_wrapper({"mode": "train+infer", "infer": "dataset", "select": {"k": 2}})
+        data = ReferringVideoDataModule(synthetic_root, image_size=128, eval_batch_size=3, tsf_eval_tracks=source)
+        data.set_frame_request(wrapper.host.frame_request())
+        data.require_tsf_eval_tracks()
+        batch = next(iter(data.test_dataloader()))
+        assert len(batch.tsf) == 3 and batch.tsf[0].boxes.shape == (batch.llm_frames.shape[1], 4)
+        tracks[source] = torch.stack([track.boxes for track in batch.tsf])
+        torch.manual_seed(0)
+        with torch.no_grad():
+            masks[source] = [None if p.masks is None else p.masks.tolist() for p in wrapper.model.predict(batch)]
+        deviations[source] = data.protocol_deviations()
+        assert prefills == [2]  # one prefill, with K <TSF> tokens
+    torch.testing.assert_close(*tracks.values(), atol=1e-6, rtol=0)  # the cache stores 6 decimals
+    assert masks["annotation"] == masks[str(tmp_path / "cache")]
+    assert any("oracle" in d for d in deviations["annotation"]) and deviations[str(tmp_path / "cache")] == []
+    with pytest.raises(ConfigError, match="tsf_eval_tracks"):
+        ReferringVideoDataModule(synthetic_root, image_size=128).require_tsf_eval_tracks()
+    data = ReferringVideoDataModule(synthetic_root, image_size=128, eval_batch_size=3)
+    data.set_frame_request(wrapper.host.frame_request())
+    with pytest.raises(ConfigError, match="tsf_eval_tracks"):  # a batch without tracks
+        wrapper.model.predict(next(iter(data.test_dataloader())))
+
+
 def test_a_first_pass_track_is_its_masks_boxes():
     from sparrow_plugin.interfaces import Prediction
     from sparrow_plugin.model import _track_of
@@ -458,6 +491,72 @@ def test_detect_and_track_builds_a_track_per_expression_and_records_its_detector
     with pytest.raises(DatasetError, match=r"producer\.detector\.digest"):
         build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(other), accelerator="cpu", devices=1)
 
+
+
+def _moving_shape_clip(generator: torch.Generator, num_frames: int, size: int = 128):
+    """(T, 3, size, size) frames and (T, size, size) masks: one bright circle or square
+    (radius 10-16 px) moving in a straight line at 3-6 px a frame over dark noise."""
+    import math
+
+    ys, xs = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    frames = (0.1 + 0.05 * torch.randn(num_frames, 3, size, size, generator=generator)).clamp(0, 1)
+    radius, speed, angle = (float(v) for v in torch.rand(3, generator=generator) * torch.tensor([6, 3, 2 * math.pi]) + torch.tensor([10, 3, 0]))
+    velocity = (speed * math.cos(angle), speed * math.sin(angle))
+    margin = radius + 6
+    start = [margin - min(0.0, v * (num_frames - 1)) for v in velocity]
+    end = [size - margin - max(0.0, v * (num_frames - 1)) for v in velocity]
+    cx, cy = (low + (high - low) * float(torch.rand(1, generator=generator)) for low, high in zip(start, end))
+    circle = bool(torch.randint(2, (1,), generator=generator))
+    colour = torch.rand(3, generator=generator) * 0.6 + 0.2
+    colour[torch.randint(3, (1,), generator=generator)] = 1.0
+    dx = xs - (cx + velocity[0] * torch.arange(num_frames).view(-1, 1, 1))
+    dy = ys - (cy + velocity[1] * torch.arange(num_frames).view(-1, 1, 1))
+    masks = dx**2 + dy**2 <= radius**2 if circle else (dx.abs() <= radius) & (dy.abs() <= radius)
+    return torch.where(masks[:, None], colour.view(1, 3, 1, 1), frames), masks
+
+
+def test_the_sam2_tracker_follows_a_moving_object_forward_and_backward():
+    """A tiny SAM2 trained here for 150 steps (2-frame clips, the box on either frame) and
+    the tracker on held-out 8-frame clips, prompted on the first and on a middle frame:
+    mask-box IoU above 0.8 on every frame. This checks the tracker's whole path (the box
+    prompt, propagation both ways, each frame's mask box in order); whether SAM2's memory
+    picks the right one of several objects needs real SAM2 weights (a tiny SAM2 trained for
+    seconds segments the one bright object whatever the box)."""
+    import math
+
+    from torchvision.ops import box_iou
+
+    from sparrow_plugin.data.mevis import normalised_boxes
+    from sparrow_plugin.decoder import SAM2VideoDecoder
+    from sparrow_plugin.decoder.build import build_sam2
+    from sparrow_plugin.losses import mask_bce_loss, mask_dice_loss, presence_loss
+    from sparrow_plugin.tsf.trackers import SAM2BoxTracker
+
+    decoder = SAM2VideoDecoder(build_sam2("sam2.1_hiera_tiny128"), mode="track").train()
+    steps, batch = 150, 4
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=3e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        video, masks = (torch.stack(parts) for parts in zip(*(_moving_shape_clip(generator, 2) for _ in range(batch))))
+        cond = torch.randint(2, (batch,), generator=generator)
+        boxes = normalised_boxes(masks)[torch.arange(batch), cond] * 128
+        out = decoder(video, None, boxes=boxes.view(batch, 1, 4), cond_frame=cond)
+        loss = mask_bce_loss(out.mask_logits, masks) + mask_dice_loss(out.mask_logits, masks) + presence_loss(out.object_logits, masks)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+
+    tracker = SAM2BoxTracker("sam2.1_hiera_tiny128", state_dict=decoder.sam.state_dict())
+    for seed in range(1000, 1005):
+        video, masks = _moving_shape_clip(torch.Generator().manual_seed(seed), 8)
+        truth = normalised_boxes(masks[None])[0]
+        for start in (0, 4):
+            track = tracker.track(video, start, truth[start], None)
+            overlap = box_iou(track.boxes, truth).diagonal()
+            assert bool((overlap > 0.8).all()), f"clip {seed}, prompted on frame {start}: IoU {[round(v, 3) for v in overlap.tolist()]}"
 
 
 def test_the_sam2_tracker_prompts_the_box_and_reports_masks_boxes(synthetic_root):

@@ -215,8 +215,12 @@ class TSFSettings:
             (inference reads TSF too, from ``infer``).
         infer: where ``train+infer`` finds the target's track at inference: ``box_file``
             (one per video, the released code's format: a line per frame, xyxy or xywh
-            pixels) or ``first_pass`` (beyond the paper: the model answers once without
-            TSF, and the boxes of its masks feed TSF to a second pass; no detector).
+            pixels), ``dataset`` (each sample's track from the data module's
+            ``tsf_eval_tracks``: a cache that ``sparrow tsf build --split`` made for the
+            evaluated split, by detect + track for instance, or ``annotation``, the split's
+            own masks: an oracle) or ``first_pass`` (beyond the paper: the model answers
+            once without TSF, and the boxes of its masks feed TSF to a second pass; no
+            detector).
         box_files: ``infer: box_file``: a path with ``{video}`` in it, or a folder of
             ``<video>.txt``.
         encoding: ``crop``: each box of the track cropped from the host's frame, stretched
@@ -233,7 +237,7 @@ class TSFSettings:
     """
 
     mode: Literal["off", "train", "train+infer"] = "off"
-    infer: Literal["box_file", "first_pass"] = "first_pass"
+    infer: Literal["box_file", "dataset", "first_pass"] = "first_pass"
     box_files: str | None = None
     encoding: Literal["crop", "roi"] = "crop"
     select: SelectionSettings = field(default_factory=SelectionSettings)
@@ -241,8 +245,8 @@ class TSFSettings:
     def __post_init__(self):
         if self.mode not in ("off", "train", "train+infer"):
             raise ConfigError(f"tsf.mode must be 'off', 'train' or 'train+infer', got {self.mode!r}")
-        if self.infer not in ("box_file", "first_pass"):
-            raise ConfigError(f"tsf.infer must be 'box_file' or 'first_pass', got {self.infer!r}")
+        if self.infer not in ("box_file", "dataset", "first_pass"):
+            raise ConfigError(f"tsf.infer must be 'box_file', 'dataset' or 'first_pass', got {self.infer!r}")
         if self.mode == "train+infer" and self.infer == "box_file" and not self.box_files:
             raise ConfigError("tsf.infer 'box_file' reads a box file per video: set tsf.box_files (a path with {video}, or a folder of <video>.txt)")
         if self.encoding not in ("crop", "roi"):
@@ -281,7 +285,11 @@ class SparrowConfig:
     max_new_tokens: int = 16
     no_target: Literal["answer", "empty_mask"] = "answer"
     kinds: list[str] = field(
-        default_factory=lambda: ["appearance", "motion", "spatial", "multi", "no_target", "late_entry", "occlusion", "crossing", "all"]
+        default_factory=lambda: [
+            "appearance", "motion", "spatial", "multi", "no_target",  # train, valid_u
+            "late_entry", "occlusion", "crossing", "crossing_identity",  # valid_hard, valid_cross
+            "all",
+        ]
     )
 
     @classmethod

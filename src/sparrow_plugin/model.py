@@ -373,26 +373,31 @@ class SparrowModel(nn.Module):
         with the box (and the [SEG] token). The expression's mask is the union.
 
         ``tsf.mode: train+infer``: the LLM also reads TSF, from each video's box file
-        (``tsf.infer: box_file``) or from the model's own first pass without TSF
-        (``first_pass``: its masks' boxes on every frame), which feeds the second.
+        (``tsf.infer: box_file``), from the tracks the data gives each sample (``dataset``),
+        or from the model's own first pass without TSF (``first_pass``: its masks' boxes on
+        every frame), which feeds the second.
         """
         self.warn_unknown_words(batch.queries)
-        tracks = None
-        if self.config.tsf.mode == "train+infer":
-            if self.config.tsf.infer == "box_file":
-                tracks = [self._box_file_track(batch, b) for b in range(len(batch))]
-            else:
-                tracks = [_track_of(prediction, batch, b) for b, prediction in enumerate(self._predict(batch, None))]
-        return self._predict(batch, tracks)
+        if self.config.tsf.mode != "train+infer":
+            return self._predict(batch)
+        if self.config.tsf.infer == "dataset":
+            if batch.tsf is None:
+                raise ConfigError("tsf.infer 'dataset' reads each evaluation sample's track: give the data module tsf_eval_tracks (annotation, or a cache folder built for the split)")
+            return self._predict(batch, host_tracks=batch.tsf)
+        if self.config.tsf.infer == "box_file":
+            return self._predict(batch, [self._box_file_track(batch, b) for b in range(len(batch))])
+        return self._predict(batch, [_track_of(prediction, batch, b) for b, prediction in enumerate(self._predict(batch))])
 
-    def _predict(self, batch: VideoBatch, tracks: list | None) -> list[Prediction]:
-        """:meth:`predict` with the given TSF tracks over the clip's frames (None: no TSF)."""
+    def _predict(self, batch: VideoBatch, tracks: list[Track] | None = None, host_tracks: list[Track] | None = None) -> list[Prediction]:
+        """:meth:`predict` with TSF from the given tracks, over the clip's frames or already
+        on the host's frames (neither: no TSF)."""
         frames, indices = self.host_frames(batch)
         visual = self.host.encode_video(frames, indices.to(frames.device))
-        edits = []
         if tracks is not None:
-            on_host_frames = [track.on(i) for track, i in zip(tracks, indices.cpu().tolist())]
-            edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, on_host_frames))]
+            host_tracks = [track.on(i) for track, i in zip(tracks, indices.cpu().tolist())]
+        edits = []
+        if host_tracks is not None:
+            edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, host_tracks))]
         prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)

@@ -105,8 +105,11 @@ class SparrowWrapper(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "set_frame_request"):
             datamodule.set_frame_request(self.host.frame_request())
-        if datamodule is not None and self.model.config.tsf.mode != "off" and hasattr(datamodule, "require_tsf_tracks"):
+        tsf = self.model.config.tsf
+        if datamodule is not None and tsf.mode != "off" and hasattr(datamodule, "require_tsf_tracks"):
             datamodule.require_tsf_tracks()
+        if datamodule is not None and tsf.mode == "train+infer" and tsf.infer == "dataset" and hasattr(datamodule, "require_tsf_eval_tracks"):
+            datamodule.require_tsf_eval_tracks()
 
     # ------------------------------------------------------------------ steps
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
-from sparrow_plugin.errors import DatasetError, SparrowWarning
+from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record
 
@@ -41,6 +41,10 @@ class ReferringVideoDataModule(L.LightningDataModule):
             split's masks, the released code's way), a TSF cache folder (``sparrow tsf
             build``), or None; a model that trains with TSF asks for ``annotation`` when
             none is set.
+        tsf_eval_tracks: the tracks evaluation samples carry for a model that reads TSF at
+            inference from the data (``tsf.infer: dataset``): a cache folder built for the
+            evaluated split (``sparrow tsf build --split``), or ``annotation`` (the split's
+            own masks: an oracle, so results record it as a deviation from the protocol).
     """
 
     def __init__(
@@ -58,12 +62,14 @@ class ReferringVideoDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_limit: int | None = None,
         tsf_tracks: str | None = None,
+        tsf_eval_tracks: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.root = Path(root)
         self.frame_request: FrameRequest | None = None
         self._datasets: dict[tuple[str, str], MeViSDataset] = {}
+        self._eval_tracks_read = False  # set by a model that reads TSF from the data at inference
 
     @classmethod
     def missing_inputs(cls, stage: str, init_args: Mapping[str, Any]) -> list[str]:
@@ -95,8 +101,24 @@ class ReferringVideoDataModule(L.LightningDataModule):
             self.hparams.tsf_tracks = "annotation"
             self._datasets.clear()
 
-    def _tracks(self, split: str) -> str | dict | None:
-        source = self.hparams.tsf_tracks
+    def require_tsf_eval_tracks(self) -> None:
+        """A model that reads TSF from the data at inference calls this: evaluation samples
+        then carry the target's track from ``tsf_eval_tracks``.
+
+        Raises:
+            ConfigError: ``tsf_eval_tracks`` is not set (no default: the split's own
+                annotation is an oracle, chosen only on purpose).
+        """
+        if self.hparams.tsf_eval_tracks is None:
+            raise ConfigError(
+                "the model reads TSF at inference from the data (tsf.infer: dataset): set the data module's tsf_eval_tracks "
+                "to a cache built for the evaluated split (sparrow tsf build --split SPLIT), or to annotation (an oracle)"
+            )
+        if not self._eval_tracks_read:
+            self._eval_tracks_read = True
+            self._datasets.clear()
+
+    def _tracks(self, split: str, source: str | None) -> str | dict | None:
         if source is None or source == "annotation":
             return source
         return TrackCache(source, {"dataset": dataset_record(self.root, split)}).read()
@@ -119,14 +141,17 @@ class ReferringVideoDataModule(L.LightningDataModule):
                 num_frames=hp.train_frames if role == "train" else hp.eval_frames,
                 random_frames=role == "train",
                 frame_request=self.frame_request,
-                tsf_tracks=self._tracks(split) if role == "train" else None,
+                tsf_tracks=self._tracks(split, hp.tsf_tracks if role == "train" else hp.tsf_eval_tracks if self._eval_tracks_read else None),
             )
         return self._datasets[split, role]
 
     def protocol_deviations(self) -> list[str]:
         """How evaluation here differs from the benchmark's protocol (empty: it does not)."""
         eval_frames = self.hparams.eval_frames
-        return [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
+        deviations = [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
+        if self._eval_tracks_read and self.hparams.tsf_eval_tracks == "annotation":
+            deviations.append("tsf_eval_tracks=annotation: TSF at inference reads the split's own masks (an oracle)")
+        return deviations
 
     def kinds(self) -> list[str]:
         """Expression kinds of the evaluation splits (for per-kind reporting)."""
