@@ -2,6 +2,7 @@
 
 import os
 
+import lightning.pytorch  # noqa: F401  its log handler binds to sys.stderr at import: the session's, not one test's capsys
 import pytest
 import torch
 
@@ -10,7 +11,7 @@ from sparrow_plugin.data.synthetic import SyntheticConfig, generate_benchmark
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(2)
 
-SMALL = SyntheticConfig(train_videos=6, valid_videos=4, hard_videos=6)
+SMALL = SyntheticConfig(train_videos=6, valid_videos=4, hard_videos=6, cross_videos=4)
 
 
 @pytest.fixture(scope="session")

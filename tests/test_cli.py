@@ -1,6 +1,7 @@
 """The `sparrow` command on the shipped recipes, redirected to temporary folders."""
 
 import csv
+import functools
 import json
 import re
 import subprocess
@@ -29,6 +30,8 @@ def _recipe(name: str, tmp_path: Path, root: Path, host: Path, substitute: dict[
     """The shipped recipe with its data, host and output folders moved under tmp_path;
     ``substitute`` maps regular expressions to replacements (each must match)."""
     text = (RECIPES / name).read_text()
+    if "outputs/tiny/tsf/train" in text:
+        text = text.replace("outputs/tiny/tsf/train", str(_train_track_cache(Path(root))))
     text = text.replace("outputs/tiny/host", str(host)).replace("data/synthetic", str(root))
     text = text.replace("outputs/tiny", str(tmp_path / "outputs"))
     for pattern, replacement in (substitute or {}).items():
@@ -37,6 +40,19 @@ def _recipe(name: str, tmp_path: Path, root: Path, host: Path, substitute: dict[
     path = tmp_path / name.replace("/", "_")
     path.write_text(text)
     return str(path)
+
+
+@functools.cache
+def _train_track_cache(root: Path) -> Path:
+    """The TSF cache of ``root``'s train split (annotation tracks), next to it, built once
+    as make builds it (in a process of its own, so its Trainer's logging stays there)."""
+    from .test_distributed import sparrow
+
+    cache = root.parent / f"{root.name}.tsf-train"
+    recipe = root.parent / f"{root.name}.tsf-train.yaml"
+    recipe.write_text(f"data:\n  init_args:\n    root: {root}\n")
+    sparrow(["tsf", "build", "--config", str(recipe), "--out", str(cache)], cwd=root.parent)
+    return cache
 
 
 FULL_RECIPES = sorted(p.relative_to(RECIPES).as_posix() for p in RECIPES.rglob("*.yaml") if p.parent.name != "overlays")
