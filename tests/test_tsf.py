@@ -490,7 +490,9 @@ def test_detect_and_track_builds_a_track_per_expression_and_records_its_detector
     other = _tiny_grounding_dino(tmp_path / "other", seed=1)
     with pytest.raises(DatasetError, match=r"producer\.detector\.digest"):
         build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(other), accelerator="cpu", devices=1)
-
+    with pytest.raises(DatasetError, match=r"producer\.detector\.box_threshold: 0\.35 in the cache, 0\.5 here"):
+        build_track_cache(synthetic_root, "valid_u", tmp_path / "cache", source="detect+track", detector=str(dino), box_threshold=0.5,
+                          accelerator="cpu", devices=1)
 
 
 def _moving_shape_clip(generator: torch.Generator, num_frames: int, size: int = 128):

@@ -225,6 +225,8 @@ def _tsf_command(argv: list[str]) -> None:
     build.add_argument("--split", default=None, help="the split (default: the recipe's train_split, else train)")
     build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks) or detect+track (GroundingDINO + an IoU tracker)")
     build.add_argument("--detector", default=None, help="detect+track: a GroundingDINO folder (model and processor, save_pretrained)")
+    build.add_argument("--box-threshold", type=float, default=0.35, help="detect+track: GroundingDINO's box threshold (its default 0.35)")
+    build.add_argument("--text-threshold", type=float, default=0.25, help="detect+track: GroundingDINO's text threshold (its default 0.25)")
     build.add_argument("--tracker", default="iou", help="detect+track: iou (through the detections) or sam2 (SAM2 propagates the box)")
     build.add_argument("--sam2-config", default=None, help="tracker sam2: a SAM2 config name or YAML")
     build.add_argument("--sam2-checkpoint", default=None, help="tracker sam2: its official .pt")
@@ -246,7 +248,7 @@ def _tsf_command(argv: list[str]) -> None:
     split = args.split or data.get("train_split", "train")
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite, detector=args.detector,
-                              tracker=args.tracker, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                              box_threshold=args.box_threshold, text_threshold=args.text_threshold, tracker=args.tracker, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
                               accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 

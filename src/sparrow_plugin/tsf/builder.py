@@ -151,13 +151,15 @@ class _CacheWriter(BasePredictionWriter):
 
 def build_track_cache(
     root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None,
-    tracker: str = "iou", sam2_config: str | None = None, sam2_checkpoint: str | None = None, **trainer_args,
+    box_threshold: float = 0.35, text_threshold: float = 0.25, tracker: str = "iou", sam2_config: str | None = None,
+    sam2_checkpoint: str | None = None, **trainer_args,
 ) -> int:
     """Build (or resume) the cache; returns how many tracks it holds (as this rank sees it
     at the end). ``trainer_args`` go to the Lightning Trainer (accelerator, devices,
     strategy, num_nodes)."""
     builder = TrackBuilder(
-        root, split, out, source, overwrite, detector=detector, tracker=tracker, sam2_config=sam2_config, sam2_checkpoint=sam2_checkpoint
+        root, split, out, source, overwrite, detector=detector, box_threshold=box_threshold, text_threshold=text_threshold,
+        tracker=tracker, sam2_config=sam2_config, sam2_checkpoint=sam2_checkpoint,
     )
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[_CacheWriter()], enable_model_summary=False, **trainer_args)
     trainer.predict(builder, return_predictions=False)
