@@ -1,8 +1,12 @@
 # sparrow-plugin: `make train` and `make test` set everything up on a fresh machine.
 #
 #   make train                      tiny host on the synthetic benchmark, on the CPU: its
-#                                   pre-training, stage 1, the proposer, stage 2, one table
+#                                   pre-training, the TSF cache, stage 1 with TSF, the
+#                                   proposer, stage 2, one table
 #   make anchoring                  then the same models on valid_hard (late, occluded, crossed)
+#   make ablation                   then TSF's ablation: without TSF, TSF in training, TSF at
+#                                   inference too, each with seg and box+seg, on valid_u and
+#                                   valid_cross (identical copies whose paths cross)
 #   make train BASE=unipixel        a real host's stage-1 recipe (needs its checkpoints)
 #   make train BASE=unipixel STAGE=2        its stage 2 (needs stage 1 and a proposer)
 #   make train BASE=unipixel TINY=1 [STAGE=2] the same recipe on a tiny configuration, on a CPU
@@ -32,8 +36,9 @@ RUN := $(OUT)/stage$(STAGE)
 INSTALLED := $(VENV)/.installed
 TINY_HOST := outputs/tiny/host
 TINY_PROPOSER := outputs/tiny/proposer
+TSF_CACHE := outputs/tiny/tsf/train
 
-.PHONY: setup train test data tiny-host tiny-proposer anchoring clean python-check
+.PHONY: setup train test data tiny-host tiny-proposer tsf-cache anchoring ablation clean python-check
 
 # --- Which Python -------------------------------------------------------------------------
 # The versions every pin in pyproject.toml installs on (keep in step with requires-python).
@@ -91,11 +96,12 @@ $(INSTALLED): pyproject.toml | python-check
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-data: $(DATA)/valid_hard/meta_expressions.json
+data: $(DATA)/valid_cross/meta_expressions.json
 
-# valid_hard is written last, and each split is moved into place whole; --overwrite: a run
-# cut short may have left train or valid_u, which the same seed writes again byte for byte
-$(DATA)/valid_hard/meta_expressions.json: | $(INSTALLED)
+# valid_cross is written last, and each split is moved into place whole; --overwrite: a run
+# cut short (or an older benchmark without valid_cross) left splits that the same seed
+# writes again byte for byte
+$(DATA)/valid_cross/meta_expressions.json: | $(INSTALLED)
 	$(SPARROW) data synth --out $(DATA) --seed 0 --overwrite
 
 # The tiny host's own pre-training (what real hosts arrive with), cached in $(TINY_HOST):
@@ -113,6 +119,13 @@ tiny-host-sam2:
 tiny-host-llm:
 	OMP_NUM_THREADS=1 $(SPARROW) fit --config recipes/tiny/pretrain_host.yaml --ckpt_path last
 
+# The TSF cache of the train split (annotation tracks, seconds); an interrupted build resumes
+tsf-cache: $(TSF_CACHE)/.complete
+
+$(TSF_CACHE)/.complete: | $(INSTALLED) data
+	$(SPARROW) tsf build --config recipes/tiny/stage1.yaml --out $(TSF_CACHE)
+	touch $@
+
 # The tiny host's box proposer, pre-trained on the benchmark's COCO boxes with its SAM2
 tiny-proposer: $(TINY_PROPOSER)/release/config.json
 
@@ -120,7 +133,7 @@ $(TINY_PROPOSER)/release/config.json: | $(INSTALLED) data tiny-host
 	$(SPARROW) fit --config recipes/tiny/proposer.yaml --ckpt_path last
 
 ifeq ($(BASE),tiny)
-# Stage 1 ([SEG]), then stage 2 (the filtration head over the proposer's boxes), each scored on
+# Stage 1 ([SEG], TSF in training), then stage 2 (the filtration head over the proposer's boxes), each scored on
 # valid_u; stage 2 with each way of prompting SAM2, side by side with stage 1 and the untrained
 # model: boxes found on every frame (the tiny recipes' per_frame mode), then SAM2's memory
 # carrying the object from the first frame (track), from the best frame, and re-anchored.
@@ -132,7 +145,7 @@ SET := --model.init_args.config
 TRACK := $(SET).decoder.mode track
 BEST := $(TRACK) $(SET).decoder.cond_frame best
 RE_ANCHOR := $(TRACK) $(SET).decoder.re_anchor 0.0 $(SET).decoder.re_anchor_drift 0.5
-train: $(INSTALLED) data tiny-host tiny-proposer
+train: $(INSTALLED) data tiny-host tiny-proposer tsf-cache
 	@test -f $(S1)/untrained.json || $(SPARROW) test --config recipes/tiny/stage1.yaml --results $(S1)/untrained.json
 	$(SPARROW) fit --config recipes/tiny/stage1.yaml --ckpt_path last
 	$(SPARROW) test --config $(STAGE1) --results $(S1)/trained.json
@@ -160,6 +173,41 @@ anchoring: | $(INSTALLED)
 		--results $(S2)/hard-best+re-anchor.json
 	$(SPARROW) report $(S1)/hard.json $(S2)/hard-box+seg.json $(S2)/hard-track.json $(S2)/hard-best.json \
 		$(S2)/hard-re-anchor.json $(S2)/hard-best+re-anchor.json --names seg box+seg track best re-anchor best+re-anchor
+
+# After make train: TSF's ablation. The models without TSF are trained here (stage 1 with
+# tsf.mode off, its own stage 2); the make-train models are TSF in training only; at inference
+# they also read TSF from the annotation's tracks (an oracle: no detector ships here) or from
+# their own first pass. Each with seg (stage 1) and box+seg (stage 2), on valid_u and on
+# valid_cross, whose crossing_identity row is added to the table; the paper's figures below.
+AB := $(OUT)/ablation
+NO_TSF := $(SET).tsf.mode off --data.init_args.tsf_tracks null
+IN_DIR = --trainer.default_root_dir $(1) --trainer.logger.init_args.save_dir $(1) --trainer.callbacks.init_args.dirpath $(1)/checkpoints
+AB_S1 := recipes/tiny/stage1.yaml --ckpt_path $(AB)/none-stage1/checkpoints/last.ckpt $(NO_TSF)
+AB_S2 := recipes/tiny/stage2.yaml --ckpt_path $(AB)/none-stage2/checkpoints/last.ckpt
+GT_TRACKS := $(SET).tsf.mode train+infer $(SET).tsf.infer dataset --data.init_args.tsf_eval_tracks annotation
+OWN_TRACKS := $(SET).tsf.mode train+infer $(SET).tsf.infer first_pass
+AB_NAMES := off/seg off/box+seg train/seg train/box+seg infer-gt/seg infer-gt/box+seg infer-own/seg infer-own/box+seg
+AB_FILES = $(foreach n,$(subst /,-,$(AB_NAMES)),$(AB)/$(1)$(n).json)
+# the eight results on split $(1), written as $(AB)/$(2)<name>.json
+define ablation_tests
+$(SPARROW) test --config $(AB_S1) --data.init_args.test_split $(1) --results $(AB)/$(2)off-seg.json
+$(SPARROW) test --config $(AB_S2) --data.init_args.test_split $(1) --results $(AB)/$(2)off-box+seg.json
+$(SPARROW) test --config $(STAGE1) --data.init_args.test_split $(1) --results $(AB)/$(2)train-seg.json
+$(SPARROW) test --config $(STAGE2) --data.init_args.test_split $(1) --results $(AB)/$(2)train-box+seg.json
+$(SPARROW) test --config $(STAGE1) --data.init_args.test_split $(1) $(GT_TRACKS) --results $(AB)/$(2)infer-gt-seg.json
+$(SPARROW) test --config $(STAGE2) --data.init_args.test_split $(1) $(GT_TRACKS) --results $(AB)/$(2)infer-gt-box+seg.json
+$(SPARROW) test --config $(STAGE1) --data.init_args.test_split $(1) $(OWN_TRACKS) --results $(AB)/$(2)infer-own-seg.json
+$(SPARROW) test --config $(STAGE2) --data.init_args.test_split $(1) $(OWN_TRACKS) --results $(AB)/$(2)infer-own-box+seg.json
+endef
+ablation: | $(INSTALLED)
+	@test -f $(S2)/checkpoints/last.ckpt || $(MAKE) --no-print-directory train
+	$(SPARROW) fit --config recipes/tiny/stage1.yaml $(NO_TSF) $(call IN_DIR,$(AB)/none-stage1) --ckpt_path last
+	$(SPARROW) fit --config recipes/tiny/stage2.yaml --model.init_args.init_from $(AB)/none-stage1/checkpoints/last.ckpt \
+		$(call IN_DIR,$(AB)/none-stage2) --ckpt_path last
+	$(call ablation_tests,valid_u,)
+	$(call ablation_tests,valid_cross,cross-)
+	$(SPARROW) report $(call AB_FILES,) --names $(AB_NAMES) --also $(call AB_FILES,cross-)
+	@cat docs/paper_tsf_ablation.txt
 else ifeq ($(TINY),1)
 # the host's own recipe on a tiny configuration of its architecture, on a CPU; stage 2 starts
 # from the tiny stage 1 (run first when missing) and a tiny proposer on the tiny release's SAM2
