@@ -183,7 +183,8 @@ AB := $(OUT)/ablation
 NO_TSF := $(SET).tsf.mode off --data.init_args.tsf_tracks null
 IN_DIR = --trainer.default_root_dir $(1) --trainer.logger.init_args.save_dir $(1) --trainer.callbacks.init_args.dirpath $(1)/checkpoints
 AB_S1 := recipes/tiny/stage1.yaml --ckpt_path $(AB)/none-stage1/checkpoints/last.ckpt $(NO_TSF)
-AB_S2 := recipes/tiny/stage2.yaml --ckpt_path $(AB)/none-stage2/checkpoints/last.ckpt
+AB_INIT := --model.init_args.init_from $(AB)/none-stage1/checkpoints/last.ckpt
+AB_S2 := recipes/tiny/stage2.yaml $(AB_INIT) --ckpt_path $(AB)/none-stage2/checkpoints/last.ckpt
 GT_TRACKS := $(SET).tsf.mode train+infer $(SET).tsf.infer dataset --data.init_args.tsf_eval_tracks annotation
 OWN_TRACKS := $(SET).tsf.mode train+infer $(SET).tsf.infer first_pass
 AB_NAMES := off/seg off/box+seg train/seg train/box+seg infer-gt/seg infer-gt/box+seg infer-own/seg infer-own/box+seg
@@ -202,8 +203,7 @@ endef
 ablation: | $(INSTALLED)
 	@test -f $(S2)/checkpoints/last.ckpt || $(MAKE) --no-print-directory train
 	$(SPARROW) fit --config recipes/tiny/stage1.yaml $(NO_TSF) $(call IN_DIR,$(AB)/none-stage1) --ckpt_path last
-	$(SPARROW) fit --config recipes/tiny/stage2.yaml --model.init_args.init_from $(AB)/none-stage1/checkpoints/last.ckpt \
-		$(call IN_DIR,$(AB)/none-stage2) --ckpt_path last
+	$(SPARROW) fit --config recipes/tiny/stage2.yaml $(AB_INIT) $(call IN_DIR,$(AB)/none-stage2) --ckpt_path last
 	$(call ablation_tests,valid_u,)
 	$(call ablation_tests,valid_cross,cross-)
 	$(SPARROW) report $(call AB_FILES,) --names $(AB_NAMES) --also $(call AB_FILES,cross-)

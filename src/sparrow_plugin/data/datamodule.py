@@ -134,6 +134,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
         role), so a validation split equal to the training split is read as evaluation."""
         if (split, role) not in self._datasets:
             hp = self.hparams
+            # training reads tsf_tracks; evaluation tsf_eval_tracks, once a model asked for them
+            tracks = hp.tsf_tracks if role == "train" else hp.tsf_eval_tracks if self._eval_tracks_read else None
             self._datasets[split, role] = MeViSDataset(
                 self.root,
                 split,
@@ -141,7 +143,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
                 num_frames=hp.train_frames if role == "train" else hp.eval_frames,
                 random_frames=role == "train",
                 frame_request=self.frame_request,
-                tsf_tracks=self._tracks(split, hp.tsf_tracks if role == "train" else hp.tsf_eval_tracks if self._eval_tracks_read else None),
+                tsf_tracks=self._tracks(split, tracks),
             )
         return self._datasets[split, role]
 
