@@ -159,6 +159,18 @@ def test_f_measure_matches_the_spec_at_every_resolution(size):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("radius", [1, 6, 8, 12, 31, 32, 33, 70])
+def test_f_measure_matches_the_spec_at_every_radius(radius):
+    """Radii in pixels, below, at and beyond a packed word's 32 pixels (and past the width)."""
+    rng = np.random.default_rng(radius)
+    yy, xx = np.mgrid[:90, :67]
+    gt = np.stack([(yy - rng.uniform(0, 90)) ** 2 + (xx - rng.uniform(0, 67)) ** 2 < rng.uniform(4, 30) ** 2 for _ in range(3)])
+    pred = np.stack([np.roll(g, rng.integers(-9, 10, size=2), axis=(0, 1)) | (rng.random(g.shape) < 0.003) for g in gt])
+    ours = f_measure(pred, gt, bound_th=radius).numpy()
+    reference = np.array([_reference_f(p, g, bound_th=radius) for p, g in zip(pred, gt)])
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
+
+
 # ----------------------------------------------------------------------------- MeViS protocol
 
 
