@@ -225,6 +225,27 @@ def test_training_with_tsf_feeds_the_tracks_crops_to_the_llm(synthetic_root):
     assert wrapper.model.tsf_edits(batch, *wrapper.model.host_frames(batch), None) == []  # train-only
 
 
+def test_tsf_drop_trains_some_batches_without_tsf(synthetic_root):
+    """tsf.drop: about that share of training batches gets no <TSF> tokens (the same batches
+    for a seed); 0 gives every batch TSF; a share outside [0, 1) is refused."""
+    from sparrow_plugin.data import ReferringVideoDataModule
+
+    data = ReferringVideoDataModule(synthetic_root, image_size=128, batch_size=2, train_frames=2)
+    counts = {}
+    for drop in (0.0, 0.5):
+        wrapper = _tsf_wrapper(synthetic_root, {"mode": "train", "drop": drop, "select": {"k": 2}}).train()
+        data.set_frame_request(wrapper.host.frame_request())
+        data.require_tsf_tracks()
+        batch = next(iter(data.train_dataloader()))
+        frames, indices = wrapper.model.host_frames(batch)
+        torch.manual_seed(0)
+        counts[drop] = [len(wrapper.model.tsf_edits(batch, frames, indices, None)) for _ in range(40)]
+    assert counts[0.0] == [1] * 40
+    assert 10 <= counts[0.5].count(0) <= 30 and set(counts[0.5]) == {0, 1}
+    with pytest.raises(ConfigError, match=r"tsf.drop .* in \[0, 1\), got 1.0"):
+        _tsf_wrapper(synthetic_root, {"mode": "train", "drop": 1.0})
+
+
 def test_roi_encoding_trains_its_projection_from_the_hosts_own_maps(synthetic_root):
     from sparrow_plugin.data import ReferringVideoDataModule
 

@@ -228,6 +228,10 @@ class TSFSettings:
             mean-pooled (the released code; ``HostAdapter.encode_regions``); ``roi``:
             RoIAlign on the dense maps the host computed for its LLM tokens, with the box's
             geometry and time, through a small MLP that trains in stage 1 (group ``tsf``).
+        drop: beyond the paper: the share of training batches that get no TSF, so that the
+            LLM also learns to answer as inference (``train``) meets it; 0 (the paper's and
+            the code's) gives every batch TSF. Batches, not samples: a batch's prompts are
+            built alike.
         select: the choice of the K moments
             (:class:`~sparrow_plugin.tsf.select.SelectionSettings`: ``k``, ``space``
             (``appearance`` the code's, ``joint`` the paper's), ``candidates`` (``all`` the
@@ -240,6 +244,7 @@ class TSFSettings:
     infer: Literal["box_file", "dataset", "first_pass"] = "first_pass"
     box_files: str | None = None
     encoding: Literal["crop", "roi"] = "crop"
+    drop: float = 0.0
     select: SelectionSettings = field(default_factory=SelectionSettings)
 
     def __post_init__(self):
@@ -251,6 +256,8 @@ class TSFSettings:
             raise ConfigError("tsf.infer 'box_file' reads a box file per video: set tsf.box_files (a path with {video}, or a folder of <video>.txt)")
         if self.encoding not in ("crop", "roi"):
             raise ConfigError(f"tsf.encoding must be 'crop' or 'roi', got {self.encoding!r}")
+        if not 0 <= self.drop < 1:
+            raise ConfigError(f"tsf.drop is the share of training batches without TSF, in [0, 1), got {self.drop}")
 
 
 @dataclass

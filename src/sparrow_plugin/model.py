@@ -220,6 +220,8 @@ class SparrowModel(nn.Module):
         total = sum(weights[name] * value for name, value in losses.items() if name in weights)  # the rest are measurements
         if not rows.numel():
             total = total + self._untouched_parameters_term(("seg_adapter", "mask_decoder"))
+        if self.config.tsf.drop > 0 and not edits:  # the roi encoder, unused in a batch without TSF
+            total = total + self._untouched_parameters_term(("tsf",))
         losses["loss"] = total
         return losses
 
@@ -229,6 +231,8 @@ class SparrowModel(nn.Module):
         (evaluation reads TSF only in ``train+infer``, see :meth:`predict`)."""
         if self.config.tsf.mode == "off" or not self.training:
             return []
+        if self.config.tsf.drop > 0 and float(torch.rand(())) < self.config.tsf.drop:
+            return []  # this batch trains as inference meets it (tsf.drop)
         if batch.tsf is None:
             raise ConfigError(
                 f"tsf.mode {self.config.tsf.mode!r} needs the target's track in every training sample: give the data module "
