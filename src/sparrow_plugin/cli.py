@@ -117,17 +117,18 @@ def format_report(columns: dict[str, dict]) -> str:
     )
     names = list(columns)
     compact = len(names) > 3
+    kind_width = max(12, max(len(kind) for kind in kinds) + 1)
     if compact:
-        header = f"{'kind':<12}{'n':>5}{'no [SEG]':>20}{'cut off':>18}" + "".join(f"{name + ' J&F':>{max(12, len(name) + 6)}}" for name in names)
+        header = f"{'kind':<{kind_width}}{'n':>5}{'no [SEG]':>20}{'cut off':>18}" + "".join(f"{name + ' J&F':>{max(12, len(name) + 6)}}" for name in names)
     else:
-        header = f"{'kind':<12}{'n':>5}{'no [SEG]':>10}{'cut off':>9}" + "".join(f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names)
+        header = f"{'kind':<{kind_width}}{'n':>5}{'no [SEG]':>10}{'cut off':>9}" + "".join(f"{name + ' J':>14}{'F':>8}{'J&F':>8}" for name in names)
     lines = [header, "-" * len(header)]
     for kind in kinds:
         prefix = "" if kind == "overall" else f"{kind}/"
         first = columns[names[0]]
         if f"{prefix}J" not in first:
             continue
-        row = f"{kind:<12}{int(first.get(prefix + 'expressions', 0)):>5}"
+        row = f"{kind:<{kind_width}}{int(first.get(prefix + 'expressions', 0)):>5}"
         for count, width in (("no_seg", 20 if compact else 10), ("truncated", 18 if compact else 9)):
             row += f"{'/'.join(str(int(c.get(prefix + count, 0))) for c in columns.values()):>{width}}"
         for name, results in columns.items():
@@ -307,7 +308,7 @@ def _with_kinds_of(results: dict, other: dict, other_path: Path) -> dict:
     if shared:
         raise SparrowError(f"{other_path}: --also adds kinds that the column already has ({', '.join(shared)}); it is for another split's kinds")
     merged = {**results, **{key: value for key, value in other.items() if "/" in key}}
-    merged["protocol_deviations"] = list(results.get("protocol_deviations", [])) + list(other.get("protocol_deviations", []))
+    merged["protocol_deviations"] = list(dict.fromkeys([*results.get("protocol_deviations", []), *other.get("protocol_deviations", [])]))
     return merged
 
 
