@@ -29,11 +29,13 @@ def jaccard(pred, gt, void=None) -> torch.Tensor:
         float64 tensor of shape () or (T,); a frame whose union is empty scores 1.
     """
     pred, gt, void, squeeze = _as_frames(pred, gt, void)
+    if void is None:  # both counts are zero outside the masks' joint box
+        pred, gt = _crop_to_content(pred, gt)
     intersection, union = pred & gt, pred | gt
     if void is not None:
         intersection, union = intersection & ~void, union & ~void
-    intersection = intersection.flatten(1).count_nonzero(1).to(torch.float64)
-    union = union.flatten(1).count_nonzero(1).to(torch.float64)
+    intersection = _count_per_frame(intersection).to(torch.float64)
+    union = _count_per_frame(union).to(torch.float64)
     scores = torch.where(union > 0, intersection / union.clamp_min(1), torch.ones_like(union))
     return scores[0] if squeeze else scores
 
@@ -57,10 +59,11 @@ def f_measure(pred, gt, void=None, bound_th: float = 0.008) -> torch.Tensor:
 
     pred, gt = _crop_to_content(pred, gt)
     pred_boundary, gt_boundary = boundary_map(pred), boundary_map(gt)
-    n_pred = pred_boundary.flatten(1).count_nonzero(1).to(torch.float64)
-    n_gt = gt_boundary.flatten(1).count_nonzero(1).to(torch.float64)
-    matched_pred = _count_near(pred_boundary, gt_boundary, radius)
-    matched_gt = _count_near(gt_boundary, pred_boundary, radius)
+    n_pred = _count_per_frame(pred_boundary).to(torch.float64)
+    n_gt = _count_per_frame(gt_boundary).to(torch.float64)
+    pred_packed, gt_packed = _pack_rows(pred_boundary), _pack_rows(gt_boundary)
+    matched_pred = _count_near(pred_packed, gt_packed, radius)
+    matched_gt = _count_near(gt_packed, pred_packed, radius)
 
     # Empty boundaries follow the reference: nothing predicted -> P=1, nothing to find -> R=1.
     precision = torch.where(n_pred > 0, matched_pred / n_pred.clamp_min(1), torch.ones_like(n_pred))
@@ -101,13 +104,22 @@ def boundary_map(masks: torch.Tensor) -> torch.Tensor:
     return boundary
 
 
+def _count_per_frame(masks: torch.Tensor) -> torch.Tensor:
+    """(T,) int64 foreground pixels of each bool (T, H, W) frame. On the CPU through numpy,
+    whose count is several times faster than torch's bool reductions."""
+    if masks.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(masks.reshape(masks.shape[0], -1).numpy(), axis=1).astype(np.int64))
+    return masks.flatten(1).sum(dim=1)
+
+
 def _crop_to_content(pred: torch.Tensor, gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop (T, H, W) masks to their joint foreground box plus a one-pixel margin.
 
-    Exact for F: every boundary pixel lies inside that box, and with the margin the
-    crop's own last row and column hold no foreground, so the edge rules of
-    :func:`boundary_map` give the same values as on the full frame. Only the tolerance
-    radius depends on the full size, and it is computed before cropping.
+    Exact for J, whose counts are zero outside that box, and for F: every boundary pixel
+    lies inside it, and with the margin the crop's own last row and column hold no
+    foreground, so the edge rules of :func:`boundary_map` give the same values as on the
+    full frame. Only the tolerance radius depends on the full size, and it is computed
+    before cropping.
     """
     occupied = (pred | gt).any(dim=0)
     rows = occupied.any(dim=1).nonzero()
@@ -136,7 +148,7 @@ def _count_near(points: torch.Tensor, targets: torch.Tensor, radius: int) -> tor
     width is k.
 
     Args:
-        points, targets: bool (T, H, W).
+        points, targets: (T, H, W) masks packed by :func:`_pack_rows`.
     Returns:
         float64 (T,) counts.
     """
@@ -144,7 +156,6 @@ def _count_near(points: torch.Tensor, targets: torch.Tensor, radius: int) -> tor
     rows_of_half_width: dict[int, list[int]] = {}
     for dy in range(radius + 1):
         rows_of_half_width.setdefault(math.isqrt(radius * radius - dy * dy), []).append(dy)
-    targets = _pack_rows(targets)
     dilated = torch.zeros_like(targets)
     widened = targets.clone()
     for k in range(radius + 1):
@@ -153,14 +164,17 @@ def _count_near(points: torch.Tensor, targets: torch.Tensor, radius: int) -> tor
         for dy in rows_of_half_width.get(k, []):
             for offset in {dy, -dy}:
                 _or_rows_shifted(dilated, widened, offset, height)
-    near = _pack_rows(points) & dilated
-    return _popcount(near).sum(dim=(1, 2)).to(torch.float64)
+    return _popcount(points & dilated).sum(dim=(1, 2)).to(torch.float64)
 
 
 def _pack_rows(masks: torch.Tensor) -> torch.Tensor:
     """bool (T, H, W) -> int64 (T, H, ceil(W / 32)): pixel x of a row is bit x % 32 of word x // 32."""
     num_frames, height, width = masks.shape
     words = -(-width // _WORD)
+    if masks.device.type == "cpu":  # numpy's packbits is several times faster
+        packed = np.zeros((num_frames, height, words * 4), dtype=np.uint8)
+        packed[..., : -(-width // 8)] = np.packbits(masks.numpy(), axis=-1, bitorder="little")
+        return torch.from_numpy(packed.view("<u4").astype(np.int64))
     pixels = F.pad(masks, (0, words * _WORD - width)).view(torch.uint8).view(num_frames, height, words * 4, 8)
     packed = pixels[..., 0].clone()  # bytes of 8 pixels, bit i = pixel i
     for bit in range(1, 8):
