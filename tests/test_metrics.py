@@ -159,6 +159,19 @@ def test_f_measure_matches_the_spec_at_every_resolution(size):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
 
 
+def test_packed_rows_are_the_same_in_numpy_and_in_torch():
+    """The GPU's packing (torch ops) against the CPU's (numpy's packbits), at widths around
+    a word's 32 pixels."""
+    from sparrow_plugin.metrics.frame_scores import _pack_rows, _pack_rows_torch
+
+    for width in (1, 31, 32, 33, 95):
+        masks = torch.rand(2, 5, width, generator=torch.Generator().manual_seed(width)) < 0.5
+        packed = _pack_rows(masks)
+        assert packed.shape == (2, 5, -(-width // 32)) and torch.equal(packed, _pack_rows_torch(masks))
+        bits = torch.stack([(packed[..., x // 32] >> (x % 32)) & 1 for x in range(width)], dim=-1)
+        assert torch.equal(bits.bool(), masks)
+
+
 @pytest.mark.parametrize("radius", [1, 6, 8, 12, 31, 32, 33, 70])
 def test_f_measure_matches_the_spec_at_every_radius(radius):
     """Radii in pixels, below, at and beyond a packed word's 32 pixels (and past the width)."""

@@ -168,13 +168,20 @@ def _count_near(points: torch.Tensor, targets: torch.Tensor, radius: int) -> tor
 
 
 def _pack_rows(masks: torch.Tensor) -> torch.Tensor:
-    """bool (T, H, W) -> int64 (T, H, ceil(W / 32)): pixel x of a row is bit x % 32 of word x // 32."""
+    """bool (T, H, W) -> int64 (T, H, ceil(W / 32)): pixel x of a row is bit x % 32 of word
+    x // 32. On the CPU through numpy's packbits, several times faster than torch ops."""
+    if masks.device.type != "cpu":
+        return _pack_rows_torch(masks)
+    num_frames, height, width = masks.shape
+    packed = np.zeros((num_frames, height, -(-width // _WORD) * 4), dtype=np.uint8)
+    packed[..., : -(-width // 8)] = np.packbits(masks.numpy(), axis=-1, bitorder="little")
+    return torch.from_numpy(packed.view("<u4").astype(np.int64))
+
+
+def _pack_rows_torch(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`_pack_rows` in torch ops, for masks on a GPU."""
     num_frames, height, width = masks.shape
     words = -(-width // _WORD)
-    if masks.device.type == "cpu":  # numpy's packbits is several times faster
-        packed = np.zeros((num_frames, height, words * 4), dtype=np.uint8)
-        packed[..., : -(-width // 8)] = np.packbits(masks.numpy(), axis=-1, bitorder="little")
-        return torch.from_numpy(packed.view("<u4").astype(np.int64))
     pixels = F.pad(masks, (0, words * _WORD - width)).view(torch.uint8).view(num_frames, height, words * 4, 8)
     packed = pixels[..., 0].clone()  # bytes of 8 pixels, bit i = pixel i
     for bit in range(1, 8):
