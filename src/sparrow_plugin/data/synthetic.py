@@ -97,6 +97,7 @@ MOTION_PHRASES = {
     "down": "moving down",
     "still": "standing still",
 }
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 RELATIONS = ("above", "below", "left of", "right of")
 EXPRESSION_KINDS = ("appearance", "motion", "spatial", "multi", "no_target")
 HARD_KINDS = ("late_entry", "occlusion", "crossing")
@@ -292,9 +293,8 @@ def _plan_cross_video(rng: np.random.Generator, config: SyntheticConfig) -> tupl
     for _ in range(200):
         colour, shape, size = _random_looks(rng)
         direction = _pick(rng, ("left", "right", "up", "down"))
-        opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]
         first = _new_object(rng, config, colour, shape, size, motion=direction)
-        second = _new_object(rng, config, colour, shape, size, motion=opposite)
+        second = _new_object(rng, config, colour, shape, size, motion=OPPOSITE[direction])
         second.radius = first.radius  # copies: the same size to the pixel
         # the centres meet mid-clip, a few pixels apart across the direction of motion, so
         # one passes over the other (it is drawn on top) and both are seen before and after
@@ -324,10 +324,7 @@ def _cross_scene_ok(objects: list[_Object], config: SyntheticConfig) -> bool:
     gaps = np.linalg.norm(first.track - second.track, axis=1) - 2 * first.radius
     if gaps.min() >= -first.radius or gaps[0] < 4 or gaps[-1] < 4:
         return False
-    for obj in (first, second):
-        if (np.linalg.norm(filler.track - obj.track, axis=1) - (filler.radius + obj.radius)).min() < 4:
-            return False
-    return True
+    return all(_closest_gap(filler, obj) >= 4 for obj in (first, second))
 
 
 def _plan_late_entry(rng, config) -> list[_Object]:
@@ -369,8 +366,7 @@ def _plan_crossing(rng, config) -> list[_Object]:
         other_looks = (colour, _pick(rng, [s for s in SHAPES if s != shape]))
     else:
         other_looks = (_pick(rng, [c for c in COLOURS if c != colour]), shape)
-    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]
-    other = _new_object(rng, config, *other_looks, "big", motion=opposite)
+    other = _new_object(rng, config, *other_looks, "big", motion=OPPOSITE[direction])
     meet = config.num_frames // 2
     other.start = target.start + (target.velocity - other.velocity) * meet
     return [target, other]
@@ -392,11 +388,12 @@ def _hard_scene_ok(objects: list[_Object], target: int, kind: str, config: Synth
         cover = _shape_mask(objects[-1].shape, objects[-1].track[mid], objects[-1].radius, config.width, config.height)
         if (hidden & ~cover).any():
             return False
-    for index in range(target):  # the filler
-        gaps = np.linalg.norm(objects[index].track - objects[target].track, axis=1) - (objects[index].radius + objects[target].radius)
-        if gaps.min() < 4:
-            return False
-    return True
+    return all(_closest_gap(objects[index], objects[target]) >= 4 for index in range(target))  # the filler
+
+
+def _closest_gap(a: _Object, b: _Object) -> float:
+    """The least distance between the two shapes' circles over the clip (negative: overlap)."""
+    return float((np.linalg.norm(a.track - b.track, axis=1) - (a.radius + b.radius)).min())
 
 
 def _plan_motion_scene(rng, config):
