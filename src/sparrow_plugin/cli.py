@@ -112,9 +112,7 @@ def format_report(columns: dict[str, dict]) -> str:
     The count columns hold one number per result set, joined by '/': ``no [SEG]`` (answers
     without [SEG], scored as empty masks) and ``cut off`` (answers cut by max_new_tokens).
     """
-    kinds = ["overall"] + sorted(
-        {key.split("/")[0] for results in columns.values() for key in results if "/" in key}, key=_kind_order
-    )
+    kinds = ["overall"] + sorted(set().union(*(_kinds_in(results) for results in columns.values())), key=_kind_order)
     names = list(columns)
     compact = len(names) > 3
     kind_width = max(12, max(len(kind) for kind in kinds) + 1)
@@ -146,6 +144,11 @@ def format_report(columns: dict[str, dict]) -> str:
         if results.get("protocol_deviations"):
             lines.append(f"WARNING {name}: not the benchmark protocol: {'; '.join(results['protocol_deviations'])}")
     return "\n".join(lines)
+
+
+def _kinds_in(results: dict) -> set[str]:
+    """The expression kinds a results file reports (its ``<kind>/<metric>`` keys)."""
+    return {key.split("/")[0] for key in results if "/" in key}
 
 
 def _kind_order(kind: str):
@@ -226,8 +229,8 @@ def _tsf_command(argv: list[str]) -> None:
     build.add_argument("--split", default=None, help="the split (default: the recipe's train_split, else train)")
     build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks) or detect+track (GroundingDINO + an IoU tracker)")
     build.add_argument("--detector", default=None, help="detect+track: a GroundingDINO folder (model and processor, save_pretrained)")
-    build.add_argument("--box-threshold", type=float, default=0.35, help="detect+track: GroundingDINO's box threshold (its default 0.35)")
-    build.add_argument("--text-threshold", type=float, default=0.25, help="detect+track: GroundingDINO's text threshold (its default 0.25)")
+    build.add_argument("--box-threshold", type=float, default=None, help="detect+track: GroundingDINO's box threshold (default: its own, 0.35)")
+    build.add_argument("--text-threshold", type=float, default=None, help="detect+track: GroundingDINO's text threshold (default: its own, 0.25)")
     build.add_argument("--tracker", default="iou", help="detect+track: iou (through the detections) or sam2 (SAM2 propagates the box)")
     build.add_argument("--sam2-config", default=None, help="tracker sam2: a SAM2 config name or YAML")
     build.add_argument("--sam2-checkpoint", default=None, help="tracker sam2: its official .pt")
@@ -249,7 +252,8 @@ def _tsf_command(argv: list[str]) -> None:
     split = args.split or data.get("train_split", "train")
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite, detector=args.detector,
-                              box_threshold=args.box_threshold, text_threshold=args.text_threshold, tracker=args.tracker, sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                              box_threshold=args.box_threshold, text_threshold=args.text_threshold, tracker=args.tracker,
+                              sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
                               accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 
@@ -303,8 +307,7 @@ def _read_results(path: Path) -> dict:
 
 def _with_kinds_of(results: dict, other: dict, other_path: Path) -> dict:
     """``results`` with the per-kind entries of ``other`` (another split) added."""
-    kinds = {key.split("/")[0] for key in results if "/" in key}
-    shared = sorted(kinds & {key.split("/")[0] for key in other if "/" in key})
+    shared = sorted(_kinds_in(results) & _kinds_in(other))
     if shared:
         raise SparrowError(f"{other_path}: --also adds kinds that the column already has ({', '.join(shared)}); it is for another split's kinds")
     merged = {**results, **{key: value for key, value in other.items() if "/" in key}}

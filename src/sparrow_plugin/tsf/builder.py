@@ -69,7 +69,7 @@ class TrackBuilder(L.LightningModule):
         source: where the boxes come from (:data:`SOURCES`).
         overwrite: replace a cache another build made (otherwise refused).
         detector: ``detect+track``: the GroundingDINO folder; box_threshold, text_threshold
-            its thresholds.
+            its thresholds (None: :class:`GroundingDinoDetector`'s defaults).
         tracker: ``iou`` or ``sam2`` (with ``sam2_config`` and ``sam2_checkpoint``).
     """
 
@@ -81,8 +81,8 @@ class TrackBuilder(L.LightningModule):
         source: str = "annotation",
         overwrite: bool = False,
         detector: str | Path | None = None,
-        box_threshold: float = 0.35,
-        text_threshold: float = 0.25,
+        box_threshold: float | None = None,
+        text_threshold: float | None = None,
         tracker: str = "iou",
         sam2_config: str | None = None,
         sam2_checkpoint: str | None = None,
@@ -97,9 +97,12 @@ class TrackBuilder(L.LightningModule):
                 raise ConfigError("tsf source 'detect+track' needs a detector: give --detector, a GroundingDINO folder")
             from sparrow_plugin.tsf.detect import GroundingDinoDetector
 
-            self.detector = GroundingDinoDetector(detector, box_threshold=box_threshold, text_threshold=text_threshold)
+            thresholds = {"box_threshold": box_threshold, "text_threshold": text_threshold}
+            self.detector = GroundingDinoDetector(detector, **{name: value for name, value in thresholds.items() if value is not None})
             weights = sorted(p for p in Path(detector).iterdir() if p.suffix in (".json", ".safetensors", ".bin", ".txt"))
-            producer["detector"] = {"digest": file_digest(*weights), "box_threshold": box_threshold, "text_threshold": text_threshold}
+            producer["detector"] = {
+                "digest": file_digest(*weights), "box_threshold": self.detector.box_threshold, "text_threshold": self.detector.text_threshold,
+            }
             if tracker == "iou":
                 self.tracker = IoUVelocityTracker()
                 producer["tracker"] = {"name": "iou", "min_iou": self.tracker.min_iou, "patience": self.tracker.patience}
@@ -151,7 +154,7 @@ class _CacheWriter(BasePredictionWriter):
 
 def build_track_cache(
     root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None,
-    box_threshold: float = 0.35, text_threshold: float = 0.25, tracker: str = "iou", sam2_config: str | None = None,
+    box_threshold: float | None = None, text_threshold: float | None = None, tracker: str = "iou", sam2_config: str | None = None,
     sam2_checkpoint: str | None = None, **trainer_args,
 ) -> int:
     """Build (or resume) the cache; returns how many tracks it holds (as this rank sees it
