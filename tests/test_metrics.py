@@ -159,25 +159,31 @@ def test_f_measure_matches_the_spec_at_every_resolution(size):
     np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-9)
 
 
-def test_packed_rows_are_the_same_in_numpy_and_in_torch():
-    """The GPU's packing (torch ops) against the CPU's (numpy's packbits), at widths around
-    a word's 32 pixels."""
-    from sparrow_plugin.metrics.frame_scores import _pack_rows, _pack_rows_torch
+@pytest.mark.parametrize("width", [1, 63, 64, 65, 130])
+def test_the_gpu_word_arithmetic_gives_the_cpu_values(width, monkeypatch):
+    """Masks on a GPU are packed and counted with torch int64 words (torch has no uint64
+    shifts), the CPU's with numpy uint64. Run here on CPU tensors, the torch path must give
+    the numpy path's boundary maps, J and F, at widths around a word's 64 pixels and radii
+    up to past a word."""
+    from sparrow_plugin.metrics import frame_scores
 
-    for width in (1, 31, 32, 33, 95):
-        masks = torch.rand(2, 5, width, generator=torch.Generator().manual_seed(width)) < 0.5
-        packed = _pack_rows(masks)
-        assert packed.shape == (2, 5, -(-width // 32)) and torch.equal(packed, _pack_rows_torch(masks))
-        bits = torch.stack([(packed[..., x // 32] >> (x % 32)) & 1 for x in range(width)], dim=-1)
-        assert torch.equal(bits.bool(), masks)
+    generator = torch.Generator().manual_seed(width)
+    pred = torch.rand(3, 9, width, generator=generator) < 0.4
+    gt = torch.rand(3, 9, width, generator=generator) < 0.4
+    gt[2] = True  # a full frame: the border rules
+    on_cpu = [boundary_map(pred), jaccard(pred, gt)] + [f_measure(pred, gt, bound_th=r) for r in (1, 8, 70)]
+    monkeypatch.setattr(frame_scores, "_as_array", lambda value, name: value.detach())  # torch stays torch
+    with_torch_words = [boundary_map(pred), jaccard(pred, gt)] + [f_measure(pred, gt, bound_th=r) for r in (1, 8, 70)]
+    for cpu, torch_words in zip(on_cpu, with_torch_words):
+        assert torch.equal(cpu, torch_words)
 
 
-@pytest.mark.parametrize("radius", [1, 6, 8, 12, 31, 32, 33, 70])
+@pytest.mark.parametrize("radius", [1, 6, 8, 12, 63, 64, 65, 70])
 def test_f_measure_matches_the_spec_at_every_radius(radius):
-    """Radii in pixels, below, at and beyond a packed word's 32 pixels (and past the width)."""
+    """Radii in pixels, below, at and beyond a packed word's 64 pixels (and past the width)."""
     rng = np.random.default_rng(radius)
-    yy, xx = np.mgrid[:90, :67]
-    gt = np.stack([(yy - rng.uniform(0, 90)) ** 2 + (xx - rng.uniform(0, 67)) ** 2 < rng.uniform(4, 30) ** 2 for _ in range(3)])
+    yy, xx = np.mgrid[:90, :150]
+    gt = np.stack([(yy - rng.uniform(0, 90)) ** 2 + (xx - rng.uniform(0, 150)) ** 2 < rng.uniform(4, 40) ** 2 for _ in range(3)])
     pred = np.stack([np.roll(g, rng.integers(-9, 10, size=2), axis=(0, 1)) | (rng.random(g.shape) < 0.003) for g in gt])
     ours = f_measure(pred, gt, bound_th=radius).numpy()
     reference = np.array([_reference_f(p, g, bound_th=radius) for p, g in zip(pred, gt)])
