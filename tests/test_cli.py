@@ -174,6 +174,16 @@ def test_predict_writes_submission_pngs_and_overlays(tmp_path, synthetic_root, t
     answers = json.loads((out / "answers.json").read_text())
     assert len(answers) == len(dataset)
 
+    # the folder, scored by `sparrow eval` as any model's would be, gives `sparrow test`'s numbers
+    results = tmp_path / "results.json"
+    main(["test", "--config", recipe, "--results", str(results)])
+    report = tmp_path / "eval.json"
+    main(["eval", "--benchmark", "mevis", "--pred", str(out), "--gt", str(synthetic_root), "--out", str(report), "--quiet"])
+    tested, scored = json.loads(results.read_text()), json.loads(report.read_text())
+    assert scored["problems"] == []  # the writer's overlays folder is not taken for a video
+    for key in ("J", "F", "J&F", "expressions"):
+        assert scored["results"][key] == pytest.approx(tested[key], abs=1e-12), key
+
 
 def test_report_counts_cut_off_answers_and_warns_about_protocol_deviations():
     from sparrow_plugin.cli import format_report

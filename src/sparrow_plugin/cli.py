@@ -5,6 +5,7 @@
     sparrow predict --config recipe.yaml --output_dir out/            # masks, answers, overlays
     sparrow data synth --out DIR --seed S                            # the synthetic benchmark
     sparrow report BEFORE.json AFTER.json                            # result files side by side
+    sparrow eval --benchmark mevis --pred DIR --gt ROOT --split valid_u # score any model's PNG folder
     sparrow tiny-release --host videoglamm --out DIR --data ROOT     # a toy-size release of a host
     sparrow tsf build --config recipe.yaml --out DIR                 # the TSF track cache of a split
 
@@ -37,6 +38,7 @@ COMMANDS = {
     **LIGHTNING_COMMANDS,
     "data": "dataset tools: `sparrow data synth --out DIR` writes the synthetic benchmark",
     "report": "compare results files of `sparrow test --results` side by side",
+    "eval": "score a folder of predictions in a benchmark's own layout: `sparrow eval --benchmark mevis --pred DIR --gt ROOT`",
     "tiny-release": "write a toy-size release of a host's architecture (for CPU runs of its recipe)",
     "tsf": "TSF tools: `sparrow tsf build --config RECIPE --out DIR` builds the target-track cache of a split",
 }
@@ -72,6 +74,8 @@ def run(argv: list[str] | None = None):
         return _data_command(args[1:])
     if command == "report":
         return _report_command(args[1:])
+    if command == "eval":
+        return _eval_command(args[1:])
     if command == "tiny-release":
         return _tiny_release_command(args[1:])
     if command == "tsf":
@@ -282,6 +286,29 @@ def _report_command(argv: list[str]) -> None:
     if args.proposer:
         recall = _read_json(Path(args.proposer), "a proposer's recall.json (sparrow fit --config recipes/<host>/proposer.yaml writes it)")
         print("proposer: " + ", ".join(f"{name} {value:.3f}" for name, value in recall.items() if name.startswith("AR@")) + f" ({recall.get('queries', '?')} queries)")
+
+
+def _eval_command(argv: list[str]) -> None:
+    from sparrow_plugin.evaluation import BENCHMARKS, evaluate, write_report
+
+    parser = _Parser(
+        prog="sparrow eval",
+        description="score a folder of predictions (any model's) in a benchmark's own layout, as the benchmark's evaluator does",
+        epilog="benchmarks: " + "; ".join(f"{name}: {summary}" for name, summary in BENCHMARKS.items()),
+    )
+    parser.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
+    parser.add_argument("--pred", required=True, type=Path, help="the prediction folder")
+    parser.add_argument("--gt", required=True, type=Path, help="the benchmark's root folder, as downloaded")
+    parser.add_argument("--split", default=None, help="mevis: the split (default valid_u); davis17: the subset (default val)")
+    parser.add_argument("--task", default="unsupervised", choices=["unsupervised", "semi-supervised"], help="davis17 only")
+    parser.add_argument("--out", type=Path, default=None, help="write the report (results, problems, per-sample scores) as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    report = evaluate(args.benchmark, args.pred, args.gt, split=args.split, task=args.task, progress=not args.quiet)
+    print(report.format())
+    if args.out is not None:
+        write_report(report, args.out)
+        print(f"report written to {args.out}")
 
 
 def _read_json(path: Path, what: str) -> dict:

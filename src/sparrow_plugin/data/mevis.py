@@ -82,6 +82,8 @@ class MeViSDataset(Dataset):
             the split's masks, :func:`~sparrow_plugin.tsf.tracks.annotation_track`), a
             mapping ``"<video>/<exp_id>" -> Track`` over every clip frame (a TSF cache), or
             None (no track).
+        require_frames: False reads only the annotations (scoring a prediction folder needs
+            no JPEGImages).
 
     Each item is a dict:
         ``frames`` float32 (T, 3, S, S) in [0, 1]; ``masks`` bool (T, S, S), the union of
@@ -109,20 +111,51 @@ class MeViSDataset(Dataset):
         random_frames: bool = False,
         frame_request: FrameRequest | None = None,
         tsf_tracks: str | dict | None = None,
+        require_frames: bool = True,
     ):
         self.root, self.split = Path(root), split
+        self.require_frames = require_frames
         self.tsf_tracks = tsf_tracks
         self.split_dir = self.root / split
         self.image_size, self.num_frames, self.random_frames = image_size, num_frames, random_frames
         self.frame_request = frame_request
         self._rng: tuple[int, np.random.Generator] | None = None
         self._visible_cache: dict[int, np.ndarray] = {}
+        self._sizes: dict[str, tuple[int, int]] | None = None
         self.meta_path = self.split_dir / "meta_expressions.json"
         self.mask_path = self.split_dir / "mask_dict.json"
         if not self.split_dir.is_dir():
             raise DatasetError(self.split_dir, "split folder not found (expected <root>/<split>/ in the MeViS layout)")
         self.mask_dict = read_json(self.mask_path, "masks of the split") if self.mask_path.exists() else None
         self.expressions = self._read_expressions(read_json(self.meta_path, "expressions of the split"))
+
+    def ground_truth(self, expression: ReferringExpression) -> np.ndarray | None:
+        """(T, H, W) bool union of the referred objects on every frame, at the annotation's
+        size; None for a no-target expression of a video whose size nothing records (no RLE
+        of any of its objects, no frame on disk), whose ground truth is empty at any size."""
+        size = self.frame_size(expression.video)
+        if size is None:
+            return None
+        objects = self._object_masks(expression, range(len(expression.frames)), expression.frames, size)
+        return objects.any(dim=0).numpy() if len(objects) else np.zeros((len(expression.frames), *size), dtype=bool)
+
+    def frame_size(self, video: str) -> tuple[int, int] | None:
+        """(H, W) of a video's frames: from the RLE of any of its annotated objects, else
+        from its first frame on disk, else None."""
+        if self._sizes is None:
+            self._sizes = {}
+            for expression in self.expressions:
+                for anno_id in expression.anno_ids:
+                    rle = next((r for r in self.mask_dict[str(anno_id)] if r is not None), None) if self.mask_dict else None
+                    if rle is not None and isinstance(rle, dict) and isinstance(rle.get("size"), list):
+                        self._sizes.setdefault(expression.video, tuple(rle["size"]))
+        if video not in self._sizes:
+            first = next(e for e in self.expressions if e.video == video).frames[0]
+            path = self._frame_path(video, first)
+            if path.is_file():
+                with Image.open(path) as image:
+                    self._sizes[video] = (image.height, image.width)
+        return self._sizes.get(video)
 
     @property
     def has_masks(self) -> bool:
@@ -240,7 +273,7 @@ class MeViSDataset(Dataset):
             if not frames:
                 raise DatasetError(self.meta_path, f"video {video!r} lists no frames")
             frames = tuple(sorted(str(f) for f in frames))
-            for name in frames:
+            for name in frames if self.require_frames else ():
                 if not self._frame_path(video, name).is_file():
                     raise DatasetError(self._frame_path(video, name), f"missing frame {name!r} of video {video!r}")
             for exp_id, raw in (entry.get("expressions") or {}).items():

@@ -56,7 +56,7 @@ class MeViSMetric(Metric):
     def update(
         self,
         pred: torch.Tensor | None,
-        gt: torch.Tensor,
+        gt: torch.Tensor | None,
         kind: str = "all",
         emitted_seg: bool = True,
         *,
@@ -67,7 +67,8 @@ class MeViSMetric(Metric):
 
         Args:
             pred: (T, H, W) predicted mask, or None when no prediction was made (scored 0).
-            gt: (T, H, W) ground truth (union of the referred objects).
+            gt: (T, H, W) ground truth (union of the referred objects); may be None when
+                ``pred`` is.
             kind: the expression's kind; must be one of ``kinds``.
             emitted_seg: False when the model emitted no [SEG] (``pred`` is then empty).
             sample_index: the sample's index in the dataset; a repeated index is the same
