@@ -133,6 +133,25 @@ def test_test_command_writes_results(tmp_path, synthetic_root, tiny_host, capsys
     assert "overall" in table and "before J" in table and "after J" in table
 
 
+def test_test_on_a_split_only_the_server_scores_writes_the_submission_zip(tmp_path, synthetic_root, tiny_host, capsys):
+    import shutil
+    import zipfile
+
+    root = tmp_path / "no_masks"
+    shutil.copytree(synthetic_root, root)
+    (root / "valid_u" / "mask_dict.json").unlink()  # as MeViS valid ships
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, root, tiny_host)
+    main(["test", "--config", recipe, "--results", str(tmp_path / "out" / "results.json")])
+    printed = capsys.readouterr().out
+    assert "its numbers come from the benchmark's server" in printed and "J&F" not in printed
+    assert not (tmp_path / "out" / "results.json").exists()  # no number is claimed
+    dataset = MeViSDataset(root, "valid_u", image_size=32)
+    with zipfile.ZipFile(tmp_path / "out" / "valid_u_submission.zip") as archive:
+        names = set(archive.namelist())
+    expected = {f"Annotations/{e.video}/{e.exp_id}/{frame}.png" for e in dataset.expressions for frame in e.frames}
+    assert names == expected
+
+
 def test_bad_input_gives_one_message(tmp_path, synthetic_root, tiny_host, capsys):
     import shutil
 

@@ -319,3 +319,46 @@ def test_mask_to_box_drops_blobs_under_20_pixels():
     mask[20:24, 30:34] = True  # 16 pixels: dropped
     assert mask_to_box(mask) == [5.0, 5.0, 10.0, 10.0]
     assert mask_to_box(np.zeros((4, 4), bool)) is None
+
+
+def test_ref_davis17_from_per_expression_masks(tmp_path, capsys):
+    """sparrow predict's layout (a folder per expression) merged into the four sets by the
+    converted meta_expressions.json: expression obj * 4 + set."""
+    frames = 3
+    a, b = np.stack([square(2, 2)] * frames), np.stack([square(12, 20)] * frames)
+    davis, pred = tmp_path / "DAVIS", tmp_path / "pred"
+    write_davis(davis, {"seq": labels_of(a, b)})
+    names = [f"{t:05d}" for t in range(frames)]
+    expressions = {str(i): {"exp": f"expression {i}", "obj_id": str(i // 4 + 1)} for i in range(8)}
+    meta = tmp_path / "meta_expressions.json"
+    meta.write_text(json.dumps({"videos": {"seq": {"frames": names, "expressions": expressions}}}))
+    for exp_id in range(8):
+        if exp_id == 7:  # object 2 in set 3: not predicted -> that set finds a alone: 1/2
+            continue
+        obj = a if exp_id < 4 else b
+        if exp_id == 5:  # object 2 in set 1 predicted as a's square: overlaps object 1, which keeps it
+            obj = a
+        for t, name in enumerate(names):
+            write_png(pred / "seq" / str(exp_id) / f"{name}.png", obj[t] * 255)
+    main(["eval", "--benchmark", "ref-davis17", "--pred", str(pred), "--gt", str(davis), "--expressions", str(meta), "--quiet"])
+    printed = capsys.readouterr().out
+    line = next(row for row in printed.splitlines() if row.strip().startswith("J&F-Mean"))
+    # sets 0 and 2 perfect; set 1: b's prediction lost under a (lower id wins) -> 1/2; set 3: 1/2
+    assert float(line.split()[-1]) == pytest.approx((1 + 0.5 + 1 + 0.5) / 4, abs=1e-4)
+    assert "Davis17_annot2_full_video/seq/7" in printed and "object 2 left empty" in printed
+
+
+def test_a_submission_with_missing_masks_is_refused(mevis_fixture, tmp_path):
+    from sparrow_plugin.data.mevis import MeViSDataset
+    from sparrow_plugin.errors import DatasetError
+    from sparrow_plugin.evaluation import write_submission
+
+    gt_root, pred, frames, a, b, c = mevis_fixture
+    expressions = MeViSDataset(gt_root, "valid_u", require_frames=False).expressions
+    for e in expressions:
+        for name in e.frames:
+            write_png(pred / e.video / e.exp_id / f"{name}.png", np.zeros((HEIGHT, WIDTH)))
+    (pred / "v2" / "0" / "00002.png").unlink()
+    with pytest.raises(DatasetError, match=r"1 mask\(s\) of the split are missing, so no submission was written: .*v2/0/00002\.png"):
+        write_submission(pred, expressions, tmp_path / "submission.zip")
+    assert not (tmp_path / "submission.zip").exists()

@@ -301,10 +301,16 @@ def _eval_command(argv: list[str]) -> None:
     parser.add_argument("--gt", required=True, type=Path, help="the benchmark's root folder, as downloaded")
     parser.add_argument("--split", default=None, help="mevis: the split (default valid_u); davis17: the subset (default val)")
     parser.add_argument("--task", default="unsupervised", choices=["unsupervised", "semi-supervised"], help="davis17 only")
+    parser.add_argument(
+        "--expressions", type=Path, default=None,
+        help="ref-davis17 only: the converted meta_expressions.json; --pred then holds one mask folder per expression (sparrow predict's layout)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the report (results, problems, per-sample scores) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    report = evaluate(args.benchmark, args.pred, args.gt, split=args.split, task=args.task, progress=not args.quiet)
+    if args.expressions is not None and args.benchmark != "ref-davis17":
+        raise SparrowError("sparrow eval: --expressions is for --benchmark ref-davis17 only")
+    report = evaluate(args.benchmark, args.pred, args.gt, split=args.split, task=args.task, expressions=args.expressions, progress=not args.quiet)
     print(report.format())
     if args.out is not None:
         write_report(report, args.out)

@@ -16,12 +16,16 @@ Layouts (``docs/metrics.md`` has the details):
   palette PNGs whose index is the object id; ground truth the DAVIS folder
   (``Annotations_unsupervised/480p`` or ``Annotations/480p``, ``ImageSets/2017/<subset>.txt``).
 * ``ref-davis17``: four such folders, one per annotator set, under ``<pred>``; scored as
-  unsupervised DAVIS each, and the benchmark number is the mean of the four.
+  unsupervised DAVIS each, and the benchmark number is the mean of the four. Or, with the
+  converted ``meta_expressions.json``, one mask folder per expression (``sparrow
+  predict``'s layout), merged into the four sets first.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.data.mevis import MeViSDataset, read_json
 from sparrow_plugin.errors import DatasetError, SparrowError
 from sparrow_plugin.metrics.davis import MAX_PROPOSALS, DavisSummary, semi_supervised_scores, unsupervised_scores
 from sparrow_plugin.metrics.mevis import MeViSMetric
@@ -44,6 +48,8 @@ __all__ = [
     "evaluate_mevis",
     "evaluate_davis17",
     "evaluate_ref_davis17",
+    "merge_ref_davis17",
+    "write_submission",
 ]
 
 # the four annotator sets of Ref-DAVIS17, as the folders are named by the authors' scripts
@@ -155,7 +161,7 @@ def evaluate_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "vali
     pred_dir = _check_pred_dir(pred_dir)
     dataset = MeViSDataset(gt_root, split, require_frames=False)
     if not dataset.has_masks:
-        raise DatasetError(dataset.mask_path, f"split {split!r} has no masks: it is scored by the benchmark's server (sparrow test writes the submission)")
+        raise DatasetError(dataset.mask_path, f"split {split!r} has no masks: it is scored by the benchmark's server (sparrow test writes the submission zip)")
     metric = MeViSMetric(dataset.kinds(), expected_samples=len(dataset))
     problems, per_sample = [], []
     for index, expression in enumerate(tqdm(dataset.expressions, desc=f"mevis {split}", disable=not progress)):
@@ -284,11 +290,27 @@ def _read_davis_prediction(folder: Path, frames: tuple[str, ...], size, task: st
     return labels[None] == np.arange(1, top + 1)[:, None, None, None]
 
 
-def evaluate_ref_davis17(pred_dir: str | Path, davis_root: str | Path, progress: bool = True) -> EvaluationReport:
+def evaluate_ref_davis17(
+    pred_dir: str | Path, davis_root: str | Path, expressions: str | Path | None = None, progress: bool = True
+) -> EvaluationReport:
     """Ref-DAVIS17: unsupervised DAVIS 2017 ``val`` for each of the four annotator sets'
     folders, then the mean of the four global results (which the authors' scripts leave to
-    the reader). Whole videos, every predicted object: nothing is cut into clips."""
+    the reader). Whole videos, every predicted object: nothing is cut into clips.
+
+    Args:
+        pred_dir: the four annotator-set folders of palette PNGs; or, with
+            ``expressions``, one mask folder per expression as ``sparrow predict`` writes
+            it (``<video>/<exp_id>/<frame>.png``), merged here into the four sets.
+        expressions: the converted ``meta_expressions.json`` of Ref-DAVIS17 ``valid``,
+            which says which expression belongs to which object and set.
+    """
     pred_dir = _check_pred_dir(pred_dir)
+    if expressions is not None:
+        with tempfile.TemporaryDirectory() as merged:
+            merge_problems = merge_ref_davis17(pred_dir, expressions, Path(merged))
+            report = evaluate_ref_davis17(merged, davis_root, progress=progress)
+        report.problems = merge_problems + report.problems
+        return report
     folders = _annotator_folders(pred_dir)
     sequences = _davis_sequences(Path(davis_root), "unsupervised", "val")
     per_set, problems, per_sample = {}, [], []
@@ -305,6 +327,62 @@ def evaluate_ref_davis17(pred_dir: str | Path, davis_root: str | Path, progress:
     return EvaluationReport("ref-davis17", results, problems, per_sample, note="J&F-Mean etc. are the mean over the four annotator sets")
 
 
+def merge_ref_davis17(pred_dir: Path, expressions: str | Path, out_dir: Path) -> list[Problem]:
+    """Per-expression masks -> the four annotator sets' palette PNGs: in set s, object k
+    (its expression ``k * 4 + s``) is id k + 1; where two objects' masks overlap the lower id
+    wins, as in the authors' argmax merge. An expression without masks leaves its object
+    empty in that set and is listed."""
+    from sparrow_plugin.data.refytvos import ref_davis17_expression_sets
+
+    meta = read_json(Path(expressions), "Ref-DAVIS17 expressions")
+    problems = []
+    for set_name in REF_DAVIS17_SETS:
+        (out_dir / set_name).mkdir(parents=True, exist_ok=True)
+    for video, sets in ref_davis17_expression_sets(expressions).items():
+        frames = tuple(sorted(str(f) for f in meta["videos"][video]["frames"]))
+        for set_name, exp_ids in zip(REF_DAVIS17_SETS, sets):
+            labels, size = None, None
+            for k, exp_id in enumerate(exp_ids):
+                try:
+                    masks = _read_expression(pred_dir / video / exp_id, frames, size)
+                except _Unreadable as error:
+                    problems.append(Problem(f"{set_name}/{video}/{exp_id}", f"{error} (object {k + 1} left empty)"))
+                    continue
+                size = masks.shape[1:]
+                labels = np.zeros(masks.shape, np.uint8) if labels is None else labels
+                labels[(labels == 0) & masks] = k + 1
+            if labels is None:
+                continue  # nothing predicted in this set: the folder is missing, and scored so
+            for name, frame in zip(frames, labels):
+                _write_palette_png(out_dir / set_name / video / f"{name}.png", frame)
+    return problems
+
+
+def _write_palette_png(path: Path, labels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(labels, mode="P")
+    image.putpalette(_DAVIS_PALETTE)
+    image.save(path)
+
+
+def _davis_palette() -> list[int]:
+    """The PASCAL VOC colour map DAVIS' PNGs use (index i -> the bits of i spread over RGB)."""
+    palette = []
+    for index in range(256):
+        red = green = blue = 0
+        value = index
+        for bit in range(8):
+            red |= ((value >> 0) & 1) << (7 - bit)
+            green |= ((value >> 1) & 1) << (7 - bit)
+            blue |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        palette += [red, green, blue]
+    return palette
+
+
+_DAVIS_PALETTE = _davis_palette()
+
+
 def _annotator_folders(pred_dir: Path) -> dict[str, Path]:
     """The four annotator-set folders, in either naming; all four must be there."""
     for names in (list(REF_DAVIS17_SETS), list(REF_DAVIS17_SETS.values())):
@@ -318,6 +396,36 @@ def _annotator_folders(pred_dir: Path) -> dict[str, Path]:
     raise DatasetError(pred_dir, f"no annotator-set folders; expected {expected}")
 
 
+# ----------------------------------------------------------------------------- server-scored splits
+
+
+def write_submission(pred_dir: str | Path, expressions, out_zip: str | Path) -> Path:
+    """Zip a split's per-expression masks as MeViS' and Ref-YouTube-VOS' servers take them:
+    ``Annotations/<video>/<exp_id>/<frame>.png``, every expression and listed frame present.
+
+    Args:
+        pred_dir: ``<video>/<exp_id>/<frame>.png`` masks (``sparrow predict``'s layout).
+        expressions: the split's :class:`~sparrow_plugin.data.mevis.ReferringExpression` s.
+    Raises:
+        DatasetError: a mask is missing (the server would score the expression 0, or reject
+            the file), named with how many are missing in all.
+    """
+    pred_dir, out_zip = Path(pred_dir), Path(out_zip)
+    files, missing = [], []
+    for expression in expressions:
+        for name in expression.frames:
+            path = pred_dir / expression.video / expression.exp_id / f"{name}.png"
+            (files if path.is_file() else missing).append(path)
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise DatasetError(pred_dir, f"{len(missing)} mask(s) of the split are missing, so no submission was written: {shown}")
+    out_zip.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(out_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, Path("Annotations") / path.relative_to(pred_dir))
+    return out_zip
+
+
 # ----------------------------------------------------------------------------- entry point
 
 BENCHMARKS = {
@@ -327,13 +435,21 @@ BENCHMARKS = {
 }
 
 
-def evaluate(benchmark: str, pred_dir, gt_root, split: str | None = None, task: str = "unsupervised", progress: bool = True) -> EvaluationReport:
+def evaluate(
+    benchmark: str,
+    pred_dir,
+    gt_root,
+    split: str | None = None,
+    task: str = "unsupervised",
+    expressions=None,
+    progress: bool = True,
+) -> EvaluationReport:
     if benchmark == "mevis":
         return evaluate_mevis(pred_dir, gt_root, split or "valid_u", progress)
     if benchmark == "davis17":
         return evaluate_davis17(pred_dir, gt_root, task, split or "val", progress)
     if benchmark == "ref-davis17":
-        return evaluate_ref_davis17(pred_dir, gt_root, progress)
+        return evaluate_ref_davis17(pred_dir, gt_root, expressions, progress)
     raise SparrowError(f"unknown benchmark {benchmark!r}; benchmarks: {', '.join(BENCHMARKS)}")
 
 

@@ -186,6 +186,30 @@ class SparrowCLI(LightningCLI):
         # table of the same numbers (as float32) would print them twice
         self.config_init[self.subcommand]["verbose"] = False
 
+    def test(self, model, datamodule=None, **kwargs) -> None:
+        """``sparrow test``: scored here when the split has masks. A split only the
+        benchmark's server scores gets its masks written and zipped in the server's layout
+        instead, and no number is claimed."""
+        if datamodule is None or not hasattr(datamodule, "test_split_has_masks") or datamodule.test_split_has_masks():
+            self.trainer.test(model=model, datamodule=datamodule, **kwargs)
+            return
+        from sparrow_plugin.evaluation import write_submission
+        from sparrow_plugin.predict import MaskWriter
+
+        results = self.config[self.subcommand].get("results")
+        folder = Path(results).parent if results else Path(self.trainer.default_root_dir)
+        split = datamodule.hparams.test_split
+        masks, archive = folder / f"{split}_masks", folder / f"{split}_submission.zip"
+        datamodule.hparams.predict_split = split
+        self.trainer.callbacks.append(MaskWriter(str(masks), max_overlays=0))
+        self.trainer.predict(model=model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
+        if self.trainer.is_global_zero:
+            write_submission(masks, datamodule.dataset(split, "eval").expressions, archive)
+            print(
+                f"split {split!r} has no masks: its numbers come from the benchmark's server. Upload {archive} "
+                f"(Annotations/<video>/<exp_id>/<frame>.png; the masks are also in {masks})"
+            )
+
     def after_test(self) -> None:
         results = getattr(self.model, "test_results", None)
         if not results:

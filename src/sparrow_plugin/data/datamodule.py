@@ -1,4 +1,4 @@
-"""The Lightning DataModule for referring video segmentation in the MeViS layout."""
+"""The Lightning DataModule for referring video segmentation (MeViS or Ref-YouTube-VOS layout)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.data.refytvos import RefYouTubeVOSDataset
 from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record
@@ -20,11 +21,18 @@ from sparrow_plugin.tsf.cache import TrackCache, dataset_record
 __all__ = ["ReferringVideoDataModule"]
 
 
+LAYOUTS = {"mevis": MeViSDataset, "ref-youtube-vos": RefYouTubeVOSDataset}
+
+
 class ReferringVideoDataModule(L.LightningDataModule):
-    """Train / validation / test splits of one MeViS-layout dataset.
+    """Train / validation / test splits of one referring video segmentation dataset.
 
     Args:
-        root: dataset root (``<root>/<split>/meta_expressions.json`` ...).
+        root: dataset root (``<root>/<split>/meta_expressions.json`` ... in the MeViS
+            layout; ``<root>/meta_expressions/<split>/`` and ``<root>/<split>/Annotations``
+            in the Ref-YouTube-VOS one).
+        layout: ``mevis`` (MeViS, ReVOS, LV-VIS, the synthetic benchmark) or
+            ``ref-youtube-vos`` (Ref-YouTube-VOS, Ref-DAVIS17 as converted).
         train_split, val_split, test_split: split folder names.
         predict_split: split ``sparrow predict`` runs on (default: the test split; MeViS
             ``valid`` has no masks and is scored by the benchmark server).
@@ -50,6 +58,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
+        layout: Literal["mevis", "ref-youtube-vos"] = "mevis",
         train_split: str = "train",
         val_split: str = "valid_u",
         test_split: str = "valid_u",
@@ -84,14 +93,16 @@ class ReferringVideoDataModule(L.LightningDataModule):
             "test": [hp["test_split"]],
             "predict": [hp["predict_split"] or hp["test_split"]],
         }[stage]
-        root = Path(hp["root"])
+        root, layout = Path(hp["root"]), hp["layout"]
+        if layout not in LAYOUTS:
+            return [f"{root}: layout {layout!r} is not one of {', '.join(LAYOUTS)}"]
         missing = []
         for split in dict.fromkeys(splits):
-            absent = [name for name in ("meta_expressions.json", "JPEGImages/") if not (root / split / name).exists()]
+            needed = {"JPEGImages/": root / split / "JPEGImages"}
+            needed["meta_expressions.json"] = root / split / "meta_expressions.json" if layout == "mevis" else root / "meta_expressions" / split / "meta_expressions.json"
+            absent = [str(path.relative_to(root)) for path in needed.values() if not path.exists()]
             if absent:
-                missing.append(f"{root / split}: the {split!r} split in the MeViS layout, without {' and '.join(absent)} (docs/data_formats.md)")
-        if stage == "test" and not missing and not (root / hp["test_split"] / "mask_dict.json").is_file():
-            missing.append(f"{root / hp['test_split'] / 'mask_dict.json'}: the masks `sparrow test` scores against (a split without them is scored by its benchmark server: write it with `sparrow predict`)")
+                missing.append(f"{root / split}: the {split!r} split in the {layout} layout, without {' and '.join(absent)} (docs/data_formats.md)")
         return missing
 
     def require_tsf_tracks(self) -> None:
@@ -136,7 +147,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
             hp = self.hparams
             # training reads tsf_tracks; evaluation tsf_eval_tracks, once a model asked for them
             tracks = hp.tsf_tracks if role == "train" else hp.tsf_eval_tracks if self._eval_tracks_read else None
-            self._datasets[split, role] = MeViSDataset(
+            self._datasets[split, role] = LAYOUTS[hp.layout](
                 self.root,
                 split,
                 image_size=hp.image_size,
@@ -146,6 +157,11 @@ class ReferringVideoDataModule(L.LightningDataModule):
                 tsf_tracks=self._tracks(split, tracks),
             )
         return self._datasets[split, role]
+
+    def test_split_has_masks(self) -> bool:
+        """False for a split only the benchmark's server scores (MeViS and Ref-YouTube-VOS
+        ``valid``): ``sparrow test`` then writes its submission instead."""
+        return self.dataset(self.hparams.test_split, "eval").has_masks
 
     def protocol_deviations(self) -> list[str]:
         """How evaluation here differs from the benchmark's protocol (empty: it does not)."""

@@ -122,12 +122,19 @@ class MeViSDataset(Dataset):
         self._rng: tuple[int, np.random.Generator] | None = None
         self._visible_cache: dict[int, np.ndarray] = {}
         self._sizes: dict[str, tuple[int, int]] | None = None
-        self.meta_path = self.split_dir / "meta_expressions.json"
+        self.meta_path = self._meta_path()
         self.mask_path = self.split_dir / "mask_dict.json"
         if not self.split_dir.is_dir():
-            raise DatasetError(self.split_dir, "split folder not found (expected <root>/<split>/ in the MeViS layout)")
-        self.mask_dict = read_json(self.mask_path, "masks of the split") if self.mask_path.exists() else None
+            raise DatasetError(self.split_dir, "split folder not found (expected <root>/<split>/)")
+        self.mask_dict = self._read_annotations()
         self.expressions = self._read_expressions(read_json(self.meta_path, "expressions of the split"))
+
+    def _meta_path(self) -> Path:
+        return self.split_dir / "meta_expressions.json"
+
+    def _read_annotations(self):
+        """The split's ``mask_dict.json``, None for a split without masks."""
+        return read_json(self.mask_path, "masks of the split") if self.mask_path.exists() else None
 
     def ground_truth(self, expression: ReferringExpression) -> np.ndarray | None:
         """(T, H, W) bool union of the referred objects on every frame, at the annotation's
@@ -172,7 +179,7 @@ class MeViSDataset(Dataset):
 
     def _load(self, expression: ReferringExpression, index: int) -> dict:
         total = len(expression.frames)
-        visible = self.visible_frames(expression) if self.mask_dict is not None else None
+        visible = self.visible_frames(expression) if self.has_masks else None
         frame_indices, cond_frame = self._choose_frames(total, visible)
         llm_indices = self.frame_request.sample(total) if self.frame_request is not None else []
         # every frame read once, whether the decoder, the host or both use it
@@ -205,7 +212,7 @@ class MeViSDataset(Dataset):
             item["llm_frames"] = self._host_frames(pixels, llm_indices, frame_indices, item["frames"], (height, width))
             item["llm_frame_indices"] = torch.as_tensor(llm_indices, dtype=torch.long)
         item["tsf_track"] = self._tsf_track(expression, llm_indices) if self.tsf_tracks is not None else None
-        if self.mask_dict is not None:
+        if self.has_masks:
             objects = self._object_masks(expression, frame_indices, frame_names, (height, width))
             item["object_visible"] = objects.flatten(2).any(dim=-1)
             item["object_boxes"] = normalised_boxes(objects)
