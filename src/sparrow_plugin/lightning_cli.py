@@ -174,6 +174,13 @@ class SparrowCLI(LightningCLI):
     # ------------------------------------------------------------------ per subcommand
 
     def before_fit(self) -> None:
+        data = self.config.get(self.subcommand, {}).get("data")
+        if data is not None and hasattr(data, "init_args") and data.init_args.get("train_mix"):
+            # a train_mix resumes inside an epoch through the data module's own state
+            # (sparrow_plugin.data.mixing), which Lightning's check does not see
+            warnings.filterwarnings(
+                "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended", module=r"lightning\.pytorch\.loops"
+            )
         if self.config.get(self.subcommand, {}).get("ckpt_path") == "last":
             # resuming into the run's own checkpoint folder: that it is not empty is the point
             warnings.filterwarnings(

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.data.mixing import MixSampler, TrainSource
 from sparrow_plugin.data.refytvos import RefYouTubeVOSDataset
 from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
@@ -53,6 +54,12 @@ class ReferringVideoDataModule(L.LightningDataModule):
             inference from the data (``tsf.infer: dataset``): a cache folder built for the
             evaluated split (``sparrow tsf build --split``), or ``annotation`` (the split's
             own masks: an oracle, so results record it as a deviation from the protocol).
+        train_mix: train on several datasets instead of ``train_split``: a list of
+            :class:`~sparrow_plugin.data.mixing.TrainSource` (root, layout, split, weight),
+            drawn by weight, reproducibly for ``mix_seed``; a resumed run draws the batches
+            the interrupted one would have drawn next (``sparrow_plugin.data.mixing``).
+        samples_per_epoch: draws per epoch of the mix; None = all its sources' samples.
+        mix_seed: the seed of the mix's stream of draws.
     """
 
     def __init__(
@@ -72,9 +79,15 @@ class ReferringVideoDataModule(L.LightningDataModule):
         val_limit: int | None = None,
         tsf_tracks: str | None = None,
         tsf_eval_tracks: str | None = None,
+        train_mix: list[TrainSource] | None = None,
+        samples_per_epoch: int | None = None,
+        mix_seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if train_mix is not None and tsf_tracks not in (None, "annotation"):
+            raise ConfigError(f"tsf_tracks={tsf_tracks!r}: a TSF cache is built for one split; a train_mix reads tsf_tracks: annotation")
+        self._consumed = (0, 0)  # (epoch, training batches of it consumed), saved in checkpoints for the mix
         self.root = Path(root)
         self.frame_request: FrameRequest | None = None
         self._datasets: dict[tuple[str, str], MeViSDataset] = {}
@@ -87,17 +100,22 @@ class ReferringVideoDataModule(L.LightningDataModule):
         arguments = inspect.signature(cls).bind(**init_args)
         arguments.apply_defaults()
         hp = arguments.arguments
+        mix = [TrainSource(**s) if isinstance(s, Mapping) else s for s in hp["train_mix"] or []]
         splits = {
-            "fit": [hp["train_split"], hp["val_split"]],
+            "fit": ([] if mix else [hp["train_split"]]) + [hp["val_split"]],
             "validate": [hp["val_split"]],
             "test": [hp["test_split"]],
             "predict": [hp["predict_split"] or hp["test_split"]],
         }[stage]
         root, layout = Path(hp["root"]), hp["layout"]
-        if layout not in LAYOUTS:
-            return [f"{root}: layout {layout!r} is not one of {', '.join(LAYOUTS)}"]
+        sources = [(root, layout, split) for split in dict.fromkeys(splits)]
+        if stage == "fit":
+            sources += [(Path(source.root), source.layout, source.split) for source in mix]
         missing = []
-        for split in dict.fromkeys(splits):
+        for root, layout, split in sources:
+            if layout not in LAYOUTS:
+                missing.append(f"{root}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+                continue
             needed = {"JPEGImages/": root / split / "JPEGImages"}
             needed["meta_expressions.json"] = root / split / "meta_expressions.json" if layout == "mevis" else root / "meta_expressions" / split / "meta_expressions.json"
             absent = [str(path.relative_to(root)) for path in needed.values() if not path.exists()]
@@ -177,7 +195,48 @@ class ReferringVideoDataModule(L.LightningDataModule):
         return sorted({k for split in splits if (self.root / split).is_dir() for k in self.dataset(split, "eval").kinds()})
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.train_mix:
+            return self._mix_loader()
         return self._loader(self.dataset(self.hparams.train_split, "train"), self.hparams.batch_size, shuffle=True)
+
+    def _mix_loader(self) -> DataLoader:
+        hp = self.hparams
+        sources = [TrainSource(**s) if isinstance(s, Mapping) else s for s in hp.train_mix]
+        datasets = [
+            LAYOUTS[source.layout](
+                source.root, source.split, image_size=hp.image_size, num_frames=hp.train_frames, random_frames=True,
+                frame_request=self.frame_request, tsf_tracks=hp.tsf_tracks,
+            )
+            for source in sources
+        ]
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = MixSampler([len(d) for d in datasets], [s.weight for s in sources], hp.samples_per_epoch, hp.mix_seed, world, rank)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        sampler.set_epoch(epoch)
+        consumed_epoch, consumed = self._consumed
+        if consumed_epoch == epoch:  # resuming inside this epoch: what was trained on is not drawn again
+            sampler.skip = consumed * hp.batch_size
+        return DataLoader(
+            ConcatDataset(datasets), batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+            collate_fn=collate_referring, persistent_workers=hp.num_workers > 0,
+        )
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """Counts the training batches of the epoch that reached the model (the checkpoint
+        records it, so a resumed mix skips them)."""
+        trainer = self.trainer
+        if self.hparams.train_mix and trainer is not None and trainer.training:
+            epoch, consumed = self._consumed
+            self._consumed = (trainer.current_epoch, consumed + 1 if epoch == trainer.current_epoch else 1)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"mix_consumed": list(self._consumed)} if self.hparams.train_mix else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "mix_consumed" in state_dict:
+            self._consumed = tuple(state_dict["mix_consumed"])
 
     def val_dataloader(self) -> DataLoader:
         dataset = self.dataset(self.hparams.val_split, "eval")
