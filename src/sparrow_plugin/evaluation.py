@@ -432,6 +432,7 @@ BENCHMARKS = {
     "mevis": "MeViS layout (MeViS valid_u, ReVOS, LV-VIS, the synthetic benchmark); --split names the split",
     "davis17": "DAVIS 2017, unsupervised (--task semi-supervised for the other); --split is the subset (val)",
     "ref-davis17": "Ref-DAVIS17: four annotator-set folders, each unsupervised DAVIS 2017 val; the mean of the four",
+    "stvg": "VidSTG or HC-STVG: --pred a predictions JSON, --gt the TubeDETR-style annotation JSON of the split",
 }
 
 
@@ -450,6 +451,10 @@ def evaluate(
         return evaluate_davis17(pred_dir, gt_root, task, split or "val", progress)
     if benchmark == "ref-davis17":
         return evaluate_ref_davis17(pred_dir, gt_root, expressions, progress)
+    if benchmark == "stvg":
+        from sparrow_plugin.evaluation_stvg import evaluate_stvg
+
+        return evaluate_stvg(pred_dir, gt_root, progress=progress)
     raise SparrowError(f"unknown benchmark {benchmark!r}; benchmarks: {', '.join(BENCHMARKS)}")
 
 
