@@ -308,5 +308,5 @@ def test_test_refuses_a_split_without_masks(tmp_path, synthetic_root):
     root = tmp_path / "nomasks"
     shutil.copytree(synthetic_root, root)
     (root / "valid_u" / "mask_dict.json").unlink()
-    with pytest.raises(DatasetError, match="no masks.*sparrow predict"):
+    with pytest.raises(DatasetError, match="no masks.*writes its submission zip"):
         ReferringVideoDataModule(root, image_size=32).test_dataloader()

@@ -84,6 +84,8 @@ def test_a_split_without_annotations_is_for_the_server(refytvos):
 def test_the_data_module_reads_the_layout(refytvos):
     data = ReferringVideoDataModule(refytvos, layout="ref-youtube-vos", val_split="train", test_split="train", image_size=16)
     assert len(data.dataset("train", "eval")) == 2
+    # scored here per expression, which is not Ref-DAVIS17's protocol: results say so
+    assert any("sparrow eval --benchmark ref-davis17" in d for d in data.protocol_deviations())
     assert ReferringVideoDataModule.missing_inputs("test", {"root": str(refytvos), "layout": "ref-youtube-vos", "test_split": "train"}) == []
     assert not ReferringVideoDataModule(refytvos, layout="ref-youtube-vos", test_split="valid").test_split_has_masks()
     missing = ReferringVideoDataModule.missing_inputs("test", {"root": str(refytvos / "nowhere"), "layout": "ref-youtube-vos", "test_split": "valid"})

@@ -181,10 +181,16 @@ class ReferringVideoDataModule(L.LightningDataModule):
         ``valid``): ``sparrow test`` then writes its submission instead."""
         return self.dataset(self.hparams.test_split, "eval").has_masks
 
-    def protocol_deviations(self) -> list[str]:
-        """How evaluation here differs from the benchmark's protocol (empty: it does not)."""
+    def protocol_deviations(self, scoring: bool = True) -> list[str]:
+        """How evaluation here differs from the benchmark's protocol (empty: it does not);
+        ``scoring`` False for predictions, which the scoring protocol does not concern."""
         eval_frames = self.hparams.eval_frames
         deviations = [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
+        if scoring and self.hparams.layout == "ref-youtube-vos":
+            deviations.append(
+                "per-expression J&F (the MeViS protocol) on a Ref-YouTube-VOS-layout split: Ref-DAVIS17's own number is "
+                "unsupervised DAVIS per annotator set (sparrow predict, then sparrow eval --benchmark ref-davis17 --expressions ...)"
+            )
         if self._eval_tracks_read and self.hparams.tsf_eval_tracks == "annotation":
             deviations.append("tsf_eval_tracks=annotation: TSF at inference reads the split's own masks (an oracle)")
         return deviations
@@ -250,7 +256,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
             raise DatasetError(
                 dataset.mask_path,
                 f"split {self.hparams.test_split!r} has no masks, so `sparrow test` cannot score it; "
-                "write its submission with `sparrow predict` (MeViS valid is scored by the benchmark server)",
+                "it is scored by the benchmark's server (`sparrow test` writes its submission zip instead)",
             )
         for deviation in self.protocol_deviations():
             warnings.warn(f"test results are not the benchmark's protocol: {deviation}", SparrowWarning)
@@ -258,7 +264,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         split = self.hparams.predict_split or self.hparams.test_split
-        for deviation in self.protocol_deviations():
+        for deviation in self.protocol_deviations(scoring=False):
             warnings.warn(f"predictions are no benchmark submission: {deviation}", SparrowWarning)
         return self._loader(self.dataset(split, "eval"), self.hparams.eval_batch_size, shuffle=False)
 
