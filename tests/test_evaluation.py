@@ -362,3 +362,67 @@ def test_a_submission_with_missing_masks_is_refused(mevis_fixture, tmp_path):
     with pytest.raises(DatasetError, match=r"1 mask\(s\) of the split are missing, so no submission was written: .*v2/0/00002\.png"):
         write_submission(pred, expressions, tmp_path / "submission.zip")
     assert not (tmp_path / "submission.zip").exists()
+
+
+# ----------------------------------------------------------------------------- ReVOS
+
+
+def test_revos_layout_and_protocol_by_hand(tmp_path):
+    """ReVOS as shipped: one folder, meta_expressions_valid_.json with type_id, one
+    mask_dict.json, mask_dict_foreground.json. Two frames of 24x32; object a is a 6x6
+    square; the video's foreground is 100 pixels on each frame."""
+    from sparrow_plugin.data.revos import ReVOSDataset
+    from sparrow_plugin.evaluation import evaluate_revos
+
+    root, pred = tmp_path / "ReVOS", tmp_path / "pred"
+    frames = ["00000", "00001"]
+    a = square(2, 2)
+    foreground = np.zeros((HEIGHT, WIDTH), bool)
+    foreground[:10, :10] = True  # 100 pixels
+    meta = {"videos": {"v": {"frames": frames, "expressions": {
+        "0": {"exp": "the square", "obj_id": [0], "anno_id": [0], "type_id": 0},
+        "1": {"exp": "what a child would draw", "obj_id": [0], "anno_id": [0], "type_id": 1},
+    }}}}
+    root.mkdir()
+    (root / "JPEGImages").mkdir()
+    (root / "meta_expressions_valid_.json").write_text(json.dumps(meta))
+    (root / "mask_dict.json").write_text(json.dumps({"0": [rle(a), rle(a)]}))
+    (root / "mask_dict_foreground.json").write_text(json.dumps({"v": {"masks_rle": [rle(foreground), rle(foreground)]}}))
+    dataset = ReVOSDataset(root, "valid", require_frames=False)
+    assert [e.kind for e in dataset.expressions] == ["referring", "reasoning"]
+
+    # referring: exact on both frames. J = F = A = R = 1
+    for name in frames:
+        write_png(pred / "v" / "0" / f"{name}.png", a * 255)
+    # reasoning: a plus a stray 4x5 block (20 pixels) outside it on frame 0, exact on frame 1
+    stray = a.copy()
+    stray[18:22, 20:25] = True
+    write_png(pred / "v" / "1" / "00000.png", stray * 255)
+    write_png(pred / "v" / "1" / "00001.png", a * 255)
+    report = evaluate_revos(pred, root, "valid", progress=False)
+    rows = {row["sample"]: row for row in report.per_sample}
+    assert rows["v/0"] == {"sample": "v/0", "kind": "referring", "J": 1.0, "F": 1.0, "A": 1.0, "R": 1.0}
+    reasoning = rows["v/1"]
+    assert reasoning["J"] == pytest.approx((36 / 56 + 1) / 2)
+    assert reasoning["A"] == pytest.approx((1 - 20 / (HEIGHT * WIDTH) + 1) / 2)
+    assert reasoning["R"] == pytest.approx((1 - 20 / (100 + 1e-6) + 1) / 2)  # 0.9
+    # overall: the mean of the two kinds' means (one expression each)
+    assert report.results["J"] == pytest.approx((1 + reasoning["J"]) / 2)
+    assert report.results["R"] == pytest.approx((1 + 0.9) / 2, abs=1e-6)
+    assert report.results["reasoning/J&F"] == pytest.approx((reasoning["J"] + reasoning["F"]) / 2)
+
+
+def test_lvvis_and_revos_layouts_in_the_data_module(tmp_path):
+    from sparrow_plugin.data.datamodule import ReferringVideoDataModule
+
+    root = tmp_path / "LVVIS"
+    (root / "train" / "JPEGImages" / "v").mkdir(parents=True)
+    Image.fromarray(np.zeros((HEIGHT, WIDTH, 3), np.uint8)).save(root / "train" / "JPEGImages" / "v" / "00000.jpg")
+    meta = {"videos": {"v": {"frames": ["00000"], "expressions": {"0": {"exp": "a cat", "obj_id": [1], "anno_id": [1]}}}}}
+    (root / "meta_expressions.json").write_text(json.dumps(meta))
+    (root / "mask_dict.json").write_text(json.dumps({"1": [rle(square(3, 3))]}))
+    data = ReferringVideoDataModule(root, layout="lv-vis", image_size=16)
+    item = data.dataset("train", "train")[0]
+    assert item["full_masks"].sum() == 36 and item["query"] == "a cat"
+    missing = ReferringVideoDataModule.missing_inputs("fit", {"root": str(tmp_path / "ReVOS"), "layout": "revos", "val_split": "valid"})
+    assert missing and "without JPEGImages and meta_expressions_train_.json" in missing[0]

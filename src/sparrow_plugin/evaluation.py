@@ -9,9 +9,11 @@ not scored.
 
 Layouts (``docs/metrics.md`` has the details):
 
-* ``mevis`` (MeViS, ReVOS, LV-VIS, our synthetic benchmark):
-  ``<pred>/<video>/<exp_id>/<frame>.png``, non-zero is the expression's mask; ground truth
-  ``<gt>/<split>/meta_expressions.json`` and ``mask_dict.json``.
+* ``mevis`` (MeViS, our synthetic benchmark): ``<pred>/<video>/<exp_id>/<frame>.png``,
+  non-zero is the expression's mask; ground truth ``<gt>/<split>/meta_expressions.json``
+  and ``mask_dict.json``.
+* ``revos``: the same prediction layout; ground truth the ReVOS folder; J, F, A and R per
+  kind (referring, reasoning) and their mean.
 * ``davis17`` (unsupervised or semi-supervised DAVIS 2017): ``<pred>/<sequence>/<frame>.png``
   palette PNGs whose index is the object id; ground truth the DAVIS folder
   (``Annotations_unsupervised/480p`` or ``Annotations/480p``, ``ImageSets/2017/<subset>.txt``).
@@ -32,11 +34,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pycocotools import mask as mask_utils
 from tqdm.auto import tqdm
 
 from sparrow_plugin.data.mevis import MeViSDataset, read_json
 from sparrow_plugin.errors import DatasetError, SparrowError
 from sparrow_plugin.metrics.davis import MAX_PROPOSALS, DavisSummary, semi_supervised_scores, unsupervised_scores
+from sparrow_plugin.metrics.frame_scores import f_measure, jaccard
 from sparrow_plugin.metrics.mevis import MeViSMetric
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "EvaluationReport",
     "evaluate",
     "evaluate_mevis",
+    "evaluate_revos",
     "evaluate_davis17",
     "evaluate_ref_davis17",
     "merge_ref_davis17",
@@ -180,6 +185,82 @@ def evaluate_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "vali
         per_sample.append({"sample": sample, "kind": expression.kind, "J": float(metric.j[-1]), "F": float(metric.f[-1])})
     problems += _unknown_folders(pred_dir, {e.video for e in dataset.expressions}, "video")
     return EvaluationReport(f"mevis {split}", metric.compute(), problems, per_sample)
+
+
+def evaluate_revos(pred_dir: str | Path, gt_root: str | Path, split: str = "valid", progress: bool = True) -> EvaluationReport:
+    """ReVOS over ``<pred>/<video>/<exp_id>/<frame>.png``, as its ``eval_revos.py`` scores it:
+    per expression J, F, A (pixel accuracy) and R (robustness: one minus the predicted
+    pixels outside the target over the video's foreground pixels, floored at 0), each a
+    mean over frames; per kind (``referring``, ``reasoning``) the means over expressions and
+    ``J&F = (J + F) / 2``; overall, the mean of the two kinds' values. The reference rounds
+    each expression's scores to 0.01 % before averaging; we do not (it moves a mean by at
+    most 0.005 points)."""
+    from sparrow_plugin.data.revos import ReVOSDataset
+
+    pred_dir = _check_pred_dir(pred_dir)
+    dataset = ReVOSDataset(gt_root, split, require_frames=False)
+    if not dataset.has_masks:
+        raise DatasetError(dataset.mask_path, f"ReVOS needs its mask_dict.json to score split {split!r}")
+    foreground_path = Path(gt_root) / "mask_dict_foreground.json"
+    foreground = read_json(foreground_path, "ReVOS' foreground masks")
+    problems, rows = [], []
+    for expression in tqdm(dataset.expressions, desc=f"revos {split}", disable=not progress):
+        sample = f"{expression.video}/{expression.exp_id}"
+        row = {"sample": sample, "kind": expression.kind, "J": 0.0, "F": 0.0, "A": 0.0, "R": 0.0}
+        rows.append(row)
+        gt = dataset.ground_truth(expression)
+        try:
+            pred = _read_expression(pred_dir / expression.video / expression.exp_id, expression.frames, None if gt is None else gt.shape[1:])
+        except _Unreadable as error:
+            problems.append(Problem(sample, str(error)))
+            continue
+        gt = np.zeros_like(pred) if gt is None else gt
+        video_foreground = _foreground(foreground, foreground_path, expression.video, len(expression.frames), pred.shape[1:])
+        outside = (pred & ~gt).reshape(len(pred), -1).sum(axis=1)
+        row.update(
+            J=float(jaccard(pred, gt).mean()),
+            F=float(f_measure(pred, gt).mean()),
+            A=float((pred == gt).reshape(len(pred), -1).mean(axis=1).mean()),
+            R=float(np.maximum(1 - outside / (video_foreground + 1e-6), 0.0).mean()),
+        )
+    problems += _unknown_folders(pred_dir, {e.video for e in dataset.expressions}, "video")
+    missing = sum(problem.scored_zero for problem in problems)
+    return EvaluationReport(f"revos {split}", _revos_results(rows, missing), problems, rows)
+
+
+def _foreground(foreground: dict, path: Path, video: str, num_frames: int, size) -> np.ndarray:
+    """(T,) foreground pixels of each frame of a ReVOS video."""
+    entry = foreground.get(video)
+    rles = entry.get("masks_rle") if isinstance(entry, dict) else None
+    if not isinstance(rles, list) or len(rles) != num_frames:
+        raise DatasetError(path, f"video {video!r}: expected {{'masks_rle': [one RLE per frame ({num_frames})]}}")
+    counts = np.zeros(num_frames)
+    for t, rle in enumerate(rles):
+        if rle:
+            mask = mask_utils.decode(rle)
+            mask = mask.sum(axis=2) if mask.ndim == 3 else mask
+            if mask.shape != tuple(size):
+                raise DatasetError(path, f"video {video!r} frame {t}: foreground RLE of size {list(mask.shape)}, the frames are {list(size)}")
+            counts[t] = np.count_nonzero(mask)
+    return counts
+
+
+def _revos_results(rows: list[dict], missing: int) -> dict[str, float]:
+    results = {}
+    measures = ("J", "F", "A", "R")
+    for kind in ("referring", "reasoning"):
+        chosen = [row for row in rows if row["kind"] == kind]
+        if chosen:
+            means = {m: float(np.mean([row[m] for row in chosen])) for m in measures}
+            results.update({f"{kind}/{m}": v for m, v in means.items()})
+            results[f"{kind}/J&F"] = (means["J"] + means["F"]) / 2
+            results[f"{kind}/expressions"] = len(chosen)
+    kinds = [k for k in ("referring", "reasoning") if f"{k}/J" in results]
+    for m in (*measures, "J&F"):
+        results[m] = float(np.mean([results[f"{k}/{m}"] for k in kinds])) if kinds else 0.0
+    results["expressions"] = len(rows)
+    results["missing"] = missing
+    return results
 
 
 def _read_expression(folder: Path, frames: tuple[str, ...], size) -> np.ndarray:
@@ -429,9 +510,10 @@ def write_submission(pred_dir: str | Path, expressions, out_zip: str | Path) -> 
 # ----------------------------------------------------------------------------- entry point
 
 BENCHMARKS = {
-    "mevis": "MeViS layout (MeViS valid_u, ReVOS, LV-VIS, the synthetic benchmark); --split names the split",
+    "mevis": "MeViS layout (MeViS valid_u, the synthetic benchmark); --split names the split",
     "davis17": "DAVIS 2017, unsupervised (--task semi-supervised for the other); --split is the subset (val)",
     "ref-davis17": "Ref-DAVIS17: four annotator-set folders, each unsupervised DAVIS 2017 val; the mean of the four",
+    "revos": "ReVOS: --gt the ReVOS folder (meta_expressions_<split>_.json, mask_dict.json, mask_dict_foreground.json); --split valid",
     "stvg": "VidSTG or HC-STVG: --pred a predictions JSON, --gt the TubeDETR-style annotation JSON of the split",
 }
 
@@ -447,6 +529,8 @@ def evaluate(
 ) -> EvaluationReport:
     if benchmark == "mevis":
         return evaluate_mevis(pred_dir, gt_root, split or "valid_u", progress)
+    if benchmark == "revos":
+        return evaluate_revos(pred_dir, gt_root, split or "valid", progress)
     if benchmark == "davis17":
         return evaluate_davis17(pred_dir, gt_root, task, split or "val", progress)
     if benchmark == "ref-davis17":

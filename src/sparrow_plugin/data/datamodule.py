@@ -1,4 +1,4 @@
-"""The Lightning DataModule for referring video segmentation (MeViS or Ref-YouTube-VOS layout)."""
+"""The Lightning DataModule for referring video segmentation, in each benchmark's own layout."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.data.mixing import MixSampler, TrainSource
 from sparrow_plugin.data.refytvos import RefYouTubeVOSDataset
+from sparrow_plugin.data.revos import LVVISDataset, ReVOSDataset
 from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record
@@ -22,18 +23,17 @@ from sparrow_plugin.tsf.cache import TrackCache, dataset_record
 __all__ = ["ReferringVideoDataModule"]
 
 
-LAYOUTS = {"mevis": MeViSDataset, "ref-youtube-vos": RefYouTubeVOSDataset}
+LAYOUTS = {"mevis": MeViSDataset, "ref-youtube-vos": RefYouTubeVOSDataset, "revos": ReVOSDataset, "lv-vis": LVVISDataset}
 
 
 class ReferringVideoDataModule(L.LightningDataModule):
     """Train / validation / test splits of one referring video segmentation dataset.
 
     Args:
-        root: dataset root (``<root>/<split>/meta_expressions.json`` ... in the MeViS
-            layout; ``<root>/meta_expressions/<split>/`` and ``<root>/<split>/Annotations``
-            in the Ref-YouTube-VOS one).
-        layout: ``mevis`` (MeViS, ReVOS, LV-VIS, the synthetic benchmark) or
-            ``ref-youtube-vos`` (Ref-YouTube-VOS, Ref-DAVIS17 as converted).
+        root: the dataset's root folder, as downloaded.
+        layout: ``mevis`` (MeViS, the synthetic benchmark), ``ref-youtube-vos``
+            (Ref-YouTube-VOS, Ref-DAVIS17 as converted), ``revos`` or ``lv-vis``
+            (``docs/data_formats.md``).
         train_split, val_split, test_split: split folder names.
         predict_split: split ``sparrow predict`` runs on (default: the test split; MeViS
             ``valid`` has no masks and is scored by the benchmark server).
@@ -65,7 +65,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
-        layout: Literal["mevis", "ref-youtube-vos"] = "mevis",
+        layout: Literal["mevis", "ref-youtube-vos", "revos", "lv-vis"] = "mevis",
         train_split: str = "train",
         val_split: str = "valid_u",
         test_split: str = "valid_u",
@@ -116,9 +116,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
             if layout not in LAYOUTS:
                 missing.append(f"{root}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
                 continue
-            needed = {"JPEGImages/": root / split / "JPEGImages"}
-            needed["meta_expressions.json"] = root / split / "meta_expressions.json" if layout == "mevis" else root / "meta_expressions" / split / "meta_expressions.json"
-            absent = [str(path.relative_to(root)) for path in needed.values() if not path.exists()]
+            paths = LAYOUTS[layout].layout_paths(root, split)
+            absent = [str(paths[part].relative_to(root)) for part in ("frames", "expressions") if not paths[part].exists()]
             if absent:
                 missing.append(f"{root / split}: the {split!r} split in the {layout} layout, without {' and '.join(absent)} (docs/data_formats.md)")
         return missing
@@ -186,6 +185,11 @@ class ReferringVideoDataModule(L.LightningDataModule):
         ``scoring`` False for predictions, which the scoring protocol does not concern."""
         eval_frames = self.hparams.eval_frames
         deviations = [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
+        if scoring and self.hparams.layout == "revos":
+            deviations.append(
+                "overall J&F over all expressions: ReVOS' own overall is the mean of its referring and reasoning means, "
+                "with A and R beside J and F (sparrow eval --benchmark revos)"
+            )
         if scoring and self.hparams.layout == "ref-youtube-vos":
             deviations.append(
                 "per-expression J&F (the MeViS protocol) on a Ref-YouTube-VOS-layout split: Ref-DAVIS17's own number is "

@@ -116,21 +116,25 @@ class MeViSDataset(Dataset):
         self.root, self.split = Path(root), split
         self.require_frames = require_frames
         self.tsf_tracks = tsf_tracks
-        self.split_dir = self.root / split
+        paths = self.layout_paths(self.root, split)
+        self.frames_dir, self.meta_path, self.mask_path = paths["frames"], paths["expressions"], paths["masks"]
+        self.split_dir = self.frames_dir.parent
         self.image_size, self.num_frames, self.random_frames = image_size, num_frames, random_frames
         self.frame_request = frame_request
         self._rng: tuple[int, np.random.Generator] | None = None
         self._visible_cache: dict[int, np.ndarray] = {}
         self._sizes: dict[str, tuple[int, int]] | None = None
-        self.meta_path = self._meta_path()
-        self.mask_path = self.split_dir / "mask_dict.json"
         if not self.split_dir.is_dir():
-            raise DatasetError(self.split_dir, "split folder not found (expected <root>/<split>/)")
+            raise DatasetError(self.split_dir, f"split folder not found (expected {self.frames_dir} in this layout)")
         self.mask_dict = self._read_annotations()
         self.expressions = self._read_expressions(read_json(self.meta_path, "expressions of the split"))
 
-    def _meta_path(self) -> Path:
-        return self.split_dir / "meta_expressions.json"
+    @classmethod
+    def layout_paths(cls, root: Path, split: str) -> dict[str, Path]:
+        """Where a split's parts lie: ``frames`` (``<video>/<frame>.jpg`` below it),
+        ``expressions`` (the expressions JSON) and ``masks`` (absent for a split without
+        masks)."""
+        return {"frames": root / split / "JPEGImages", "expressions": root / split / "meta_expressions.json", "masks": root / split / "mask_dict.json"}
 
     def _read_annotations(self):
         """The split's ``mask_dict.json``, None for a split without masks."""
@@ -319,7 +323,7 @@ class MeViSDataset(Dataset):
     # ------------------------------------------------------------------ pixels
 
     def _frame_path(self, video: str, name: str) -> Path:
-        return self.split_dir / "JPEGImages" / video / f"{name}.jpg"
+        return self.frames_dir / video / f"{name}.jpg"
 
     def _choose_frames(self, total: int, visible: np.ndarray | None) -> tuple[list[int], int]:
         """The decoder's frames of a clip and the position among them of the frame SAM2 is

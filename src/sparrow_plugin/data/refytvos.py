@@ -43,22 +43,20 @@ class RefYouTubeVOSDataset(MeViSDataset):
     (Ref-YouTube-VOS ``valid``, ``test``) is scored by the benchmark's server.
     """
 
-    def __init__(self, root: str | Path, split: str, *args, **kwargs):
-        self.annotations_dir = Path(root) / split / "Annotations"
-        super().__init__(root, split, *args, **kwargs)
-
-    # ------------------------------------------------------------------ layout
-
-    def _meta_path(self) -> Path:
-        return self.root / "meta_expressions" / self.split / "meta_expressions.json"
+    @classmethod
+    def layout_paths(cls, root: Path, split: str) -> dict[str, Path]:
+        return {
+            "frames": root / split / "JPEGImages",
+            "expressions": root / "meta_expressions" / split / "meta_expressions.json",
+            "masks": root / split / "Annotations",
+        }
 
     def _read_annotations(self):
-        self.mask_path = self.annotations_dir  # where errors about masks point
         return None  # masks are PNGs, read per frame
 
     @property
     def has_masks(self) -> bool:
-        return self.annotations_dir.is_dir()
+        return self.mask_path.is_dir()
 
     def _read_expression(self, video: str, exp_id: str, raw, frames: tuple[str, ...]) -> ReferringExpression:
         where = f"video {video!r} expression {exp_id!r}"
@@ -78,7 +76,7 @@ class RefYouTubeVOSDataset(MeViSDataset):
         return ReferringExpression(video, str(exp_id), text, (obj_id,), (obj_id,), str(raw.get("kind", "all")), frames)
 
     def _annotation_path(self, video: str, name: str) -> Path:
-        return self.annotations_dir / video / f"{name}.png"
+        return self.mask_path / video / f"{name}.png"
 
     # ------------------------------------------------------------------ masks
 
@@ -105,7 +103,7 @@ class RefYouTubeVOSDataset(MeViSDataset):
 
     def annotation_boxes(self, expression: ReferringExpression, frame_indices: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.has_masks:
-            raise DatasetError(self.annotations_dir, "object boxes come from the split's masks, and it has none")
+            raise DatasetError(self.mask_path, "object boxes come from the split's masks, and it has none")
         frame_indices = list(range(len(expression.frames))) if frame_indices is None else frame_indices
         names = [expression.frames[i] for i in frame_indices]
         size = self.frame_size(expression.video)
