@@ -305,12 +305,21 @@ def _eval_command(argv: list[str]) -> None:
         "--expressions", type=Path, default=None,
         help="ref-davis17 only: the converted meta_expressions.json; --pred then holds one mask folder per expression (sparrow predict's layout)",
     )
+    parser.add_argument(
+        "--phrase-model", type=Path, default=None,
+        help="videogcg only: a local sentence-embedding model folder (transformers) for the phrase similarity of recall",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the report (results, problems, per-sample scores) as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.expressions is not None and args.benchmark != "ref-davis17":
         raise SparrowError("sparrow eval: --expressions is for --benchmark ref-davis17 only")
-    report = evaluate(args.benchmark, args.pred, args.gt, split=args.split, task=args.task, expressions=args.expressions, progress=not args.quiet)
+    if args.phrase_model is not None and args.benchmark != "videogcg":
+        raise SparrowError("sparrow eval: --phrase-model is for --benchmark videogcg only")
+    report = evaluate(
+        args.benchmark, args.pred, args.gt, split=args.split, task=args.task,
+        expressions=args.expressions, phrase_model=args.phrase_model, progress=not args.quiet,
+    )
     print(report.format())
     if args.out is not None:
         write_report(report, args.out)

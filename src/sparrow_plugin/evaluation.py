@@ -515,6 +515,7 @@ BENCHMARKS = {
     "ref-davis17": "Ref-DAVIS17: four annotator-set folders, each unsupervised DAVIS 2017 val; the mean of the four",
     "revos": "ReVOS: --gt the ReVOS folder (meta_expressions_<split>_.json, mask_dict.json, mask_dict_foreground.json); --split valid",
     "stvg": "VidSTG or HC-STVG: --pred a predictions JSON, --gt the TubeDETR-style annotation JSON of the split",
+    "videogcg": "VideoGCG: --pred a predictions JSON, --gt instruction_data/<split>.json; --phrase-model DIR for recall",
 }
 
 
@@ -525,6 +526,7 @@ def evaluate(
     split: str | None = None,
     task: str = "unsupervised",
     expressions=None,
+    phrase_model=None,
     progress: bool = True,
 ) -> EvaluationReport:
     if benchmark == "mevis":
@@ -539,6 +541,10 @@ def evaluate(
         from sparrow_plugin.evaluation_stvg import evaluate_stvg
 
         return evaluate_stvg(pred_dir, gt_root, progress=progress)
+    if benchmark == "videogcg":
+        from sparrow_plugin.evaluation_gcg import evaluate_gcg
+
+        return evaluate_gcg(pred_dir, gt_root, phrase_model, progress=progress)
     raise SparrowError(f"unknown benchmark {benchmark!r}; benchmarks: {', '.join(BENCHMARKS)}")
 
 
