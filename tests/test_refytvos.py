@@ -122,3 +122,14 @@ def test_ref_davis17_sets_are_four_expressions_per_object(tmp_path):
     path.write_text(json.dumps({"videos": {"v": {"frames": ["0"], "expressions": expressions}}}))
     with pytest.raises(DatasetError, match="7 expressions, not four per object"):
         ref_davis17_expression_sets(path)
+
+
+def test_a_tsf_cache_of_a_ref_youtube_vos_split(refytvos, tmp_path):
+    from sparrow_plugin.tsf.builder import build_track_cache
+
+    out = tmp_path / "tracks"
+    assert build_track_cache(refytvos, "train", out, layout="ref-youtube-vos", accelerator="cpu", devices=1) == 2
+    data = ReferringVideoDataModule(refytvos, layout="ref-youtube-vos", image_size=16, tsf_tracks=str(out))
+    tracks = data._tracks("train", str(out))
+    moving = tracks["a/0"]
+    assert len(moving) == 3 and moving.scores.tolist() == [1.0, 1.0, 0.0]  # annotated, annotated, unseen

@@ -228,7 +228,7 @@ def _tsf_command(argv: list[str]) -> None:
             "an interrupted build resumes. Point a recipe's data.init_args.tsf_tracks at the folder."
         ),
     )
-    build.add_argument("--config", action="append", required=True, help="the recipe whose data (root, train split) the cache is for; repeatable")
+    build.add_argument("--config", action="append", required=True, help="the recipe whose data (root, layout, train split) the cache is for; repeatable")
     build.add_argument("--out", required=True, help="the cache folder")
     build.add_argument("--split", default=None, help="the split (default: the recipe's train_split, else train)")
     build.add_argument("--source", default="annotation", help="where the boxes come from: annotation (the split's masks) or detect+track (GroundingDINO + an IoU tracker)")
@@ -257,7 +257,7 @@ def _tsf_command(argv: list[str]) -> None:
     devices = int(args.devices) if args.devices.isdigit() else args.devices
     count = build_track_cache(data["root"], split, args.out, source=args.source, overwrite=args.overwrite, detector=args.detector,
                               box_threshold=args.box_threshold, text_threshold=args.text_threshold, tracker=args.tracker,
-                              sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint,
+                              sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint, layout=data.get("layout", "mevis"),
                               accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 

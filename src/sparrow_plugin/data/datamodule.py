@@ -12,18 +12,14 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
+from sparrow_plugin.data.layouts import LAYOUTS
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.data.mixing import MixSampler, TrainSource
-from sparrow_plugin.data.refytvos import RefYouTubeVOSDataset
-from sparrow_plugin.data.revos import LVVISDataset, ReVOSDataset
 from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record
 
 __all__ = ["ReferringVideoDataModule"]
-
-
-LAYOUTS = {"mevis": MeViSDataset, "ref-youtube-vos": RefYouTubeVOSDataset, "revos": ReVOSDataset, "lv-vis": LVVISDataset}
 
 
 class ReferringVideoDataModule(L.LightningDataModule):
@@ -149,7 +145,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def _tracks(self, split: str, source: str | None) -> str | dict | None:
         if source is None or source == "annotation":
             return source
-        return TrackCache(source, {"dataset": dataset_record(self.root, split)}).read()
+        return TrackCache(source, {"dataset": dataset_record(self.root, split, self.hparams.layout)}).read()
 
     def set_frame_request(self, request: FrameRequest | None) -> None:
         """Read the host's LLM frames with every sample (see ``FrameRequest``)."""

@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 
+from sparrow_plugin.data.layouts import dataset_class
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.errors import ConfigError
 from sparrow_plugin.tsf.cache import TrackCache, dataset_record, file_digest
@@ -64,7 +65,8 @@ class TrackBuilder(L.LightningModule):
     """Tracks of one split into one cache (see the module docstring).
 
     Args:
-        root, split: the dataset (MeViS layout) and the split to build.
+        root, split: the dataset and the split to build.
+        layout: the dataset's layout (``sparrow_plugin.data.layouts``).
         out: the cache folder.
         source: where the boxes come from (:data:`SOURCES`).
         overwrite: replace a cache another build made (otherwise refused).
@@ -80,6 +82,7 @@ class TrackBuilder(L.LightningModule):
         out: str | Path,
         source: str = "annotation",
         overwrite: bool = False,
+        layout: str = "mevis",
         detector: str | Path | None = None,
         box_threshold: float | None = None,
         text_threshold: float | None = None,
@@ -90,7 +93,8 @@ class TrackBuilder(L.LightningModule):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"tsf source must be one of {list(SOURCES)}, got {source!r}")
-        producer = {"source": source, "dataset": dataset_record(root, split)}
+        producer = {"source": source, "dataset": dataset_record(root, split, layout)}
+        self.layout = layout
         self.detector = self.tracker = None
         if source == "detect+track":
             if detector is None:
@@ -125,7 +129,7 @@ class TrackBuilder(L.LightningModule):
         self.done = set(self.cache.built())
 
     def predict_dataloader(self) -> DataLoader:
-        expressions = _Expressions(MeViSDataset(self.root, self.split, image_size=32), self.done, self.source)
+        expressions = _Expressions(dataset_class(self.layout)(self.root, self.split, image_size=32), self.done, self.source)
         return DataLoader(expressions, batch_size=8 if self.source == "annotation" else 1, collate_fn=list)
 
     def predict_step(self, batch, batch_idx: int) -> list[tuple[str, Track]]:
@@ -155,13 +159,13 @@ class _CacheWriter(BasePredictionWriter):
 def build_track_cache(
     root: str | Path, split: str, out: str | Path, source: str = "annotation", overwrite: bool = False, detector: str | None = None,
     box_threshold: float | None = None, text_threshold: float | None = None, tracker: str = "iou", sam2_config: str | None = None,
-    sam2_checkpoint: str | None = None, **trainer_args,
+    sam2_checkpoint: str | None = None, layout: str = "mevis", **trainer_args,
 ) -> int:
     """Build (or resume) the cache; returns how many tracks it holds (as this rank sees it
     at the end). ``trainer_args`` go to the Lightning Trainer (accelerator, devices,
     strategy, num_nodes)."""
     builder = TrackBuilder(
-        root, split, out, source, overwrite, detector=detector, box_threshold=box_threshold, text_threshold=text_threshold,
+        root, split, out, source, overwrite, layout, detector=detector, box_threshold=box_threshold, text_threshold=text_threshold,
         tracker=tracker, sam2_config=sam2_config, sam2_checkpoint=sam2_checkpoint,
     )
     trainer = L.Trainer(logger=False, enable_checkpointing=False, callbacks=[_CacheWriter()], enable_model_summary=False, **trainer_args)

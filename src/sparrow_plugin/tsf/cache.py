@@ -46,10 +46,14 @@ def file_digest(*paths: str | Path) -> str:
     return digest.hexdigest()
 
 
-def dataset_record(root: str | Path, split: str) -> dict[str, str]:
-    """What a cache's tracks were made from: the split and its annotation files' hash."""
-    folder = Path(root) / split
-    files = [folder / name for name in ("meta_expressions.json", "mask_dict.json") if (folder / name).is_file()]
+def dataset_record(root: str | Path, split: str, layout: str = "mevis") -> dict[str, str]:
+    """What a cache's tracks were made from: the split and its annotation files' hash (the
+    expressions file, and the masks when they are one file: a Ref-YouTube-VOS split's PNG
+    folder is not hashed)."""
+    from sparrow_plugin.data.layouts import dataset_class
+
+    paths = dataset_class(layout).layout_paths(Path(root), split)
+    files = [paths[part] for part in ("expressions", "masks") if paths[part].is_file()]
     return {"split": split, "content": file_digest(*files)}
 
 
