@@ -133,3 +133,20 @@ def test_a_tsf_cache_of_a_ref_youtube_vos_split(refytvos, tmp_path):
     tracks = data._tracks("train", str(out))
     moving = tracks["a/0"]
     assert len(moving) == 3 and moving.scores.tolist() == [1.0, 1.0, 0.0]  # annotated, annotated, unseen
+
+
+def test_a_ref_youtube_vos_valid_submission_zip(refytvos, tmp_path):
+    import zipfile
+
+    from sparrow_plugin.evaluation import write_submission
+
+    dataset = RefYouTubeVOSDataset(refytvos, "valid", image_size=16)
+    pred = tmp_path / "masks"
+    for expression in dataset.expressions:
+        for name in expression.frames:
+            path = pred / expression.video / expression.exp_id / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((HEIGHT, WIDTH), np.uint8)).save(path)
+    archive = write_submission(pred, dataset.expressions, tmp_path / "submission.zip")
+    with zipfile.ZipFile(archive) as opened:
+        assert sorted(opened.namelist()) == [f"Annotations/b/0/{name}.png" for name in FRAMES]
