@@ -152,6 +152,52 @@ def test_test_on_a_split_only_the_server_scores_writes_the_submission_zip(tmp_pa
     assert names == expected
 
 
+def test_test_scores_ref_davis17_with_its_own_protocol(tmp_path, synthetic_root, tiny_host, capsys):
+    """sparrow test on Ref-DAVIS17 (converted, ref-youtube-vos layout) with benchmark:
+    ref-davis17 predicts every expression's masks and scores them as sparrow eval does:
+    four annotator sets, unsupervised DAVIS against the DAVIS folder."""
+    import numpy as np
+    from PIL import Image
+
+    from sparrow_plugin.evaluation import evaluate_ref_davis17
+
+    refdavis, davis = tmp_path / "ref-davis", tmp_path / "DAVIS"
+    frames = [f"{t:05d}" for t in range(3)]
+    labels = np.zeros((3, 48, 64), np.uint8)
+    labels[:, 8:20, 8:20], labels[:, 28:40, 40:56] = 1, 2
+    for t, name in enumerate(frames):
+        for path in (refdavis / "valid" / "JPEGImages" / "seq" / f"{name}.jpg",):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.stack([labels[t] * 100] * 3, axis=-1).astype(np.uint8)).save(path)
+        for path in (refdavis / "valid" / "Annotations" / "seq" / f"{name}.png", davis / "Annotations_unsupervised" / "480p" / "seq" / f"{name}.png"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(labels[t], mode="P")
+            image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * 759)
+            image.save(path)
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("seq\n")
+    texts = ["the red circle", "the red circle moving left", "the blue square", "the blue square moving right"]
+    expressions = {str(i): {"exp": texts[i % 4], "obj_id": str(i // 4 + 1)} for i in range(8)}
+    meta = refdavis / "meta_expressions" / "valid" / "meta_expressions.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"videos": {"seq": {"frames": frames, "expressions": expressions}}}))
+
+    recipe = _recipe("tiny/stage1.yaml", tmp_path, synthetic_root, tiny_host)
+    results = tmp_path / "out" / "results.json"
+    main([
+        "test", "--config", recipe, "--data.init_args.root", str(refdavis), "--data.init_args.layout", "ref-youtube-vos",
+        "--data.init_args.test_split", "valid", "--data.init_args.benchmark", "ref-davis17",
+        "--data.init_args.benchmark_root", str(davis), "--results", str(results),
+    ])
+    printed = capsys.readouterr().out
+    scored = json.loads(results.read_text())
+    assert scored["benchmark"] == "ref-davis17" and scored["objects"] == 8  # 2 objects in each of 4 sets
+    assert "anno_0/J&F-Mean" not in scored and "Davis17_annot1/J&F-Mean" in scored
+    again = evaluate_ref_davis17(tmp_path / "out" / "valid_masks", davis, meta, progress=False)
+    assert scored["J&F-Mean"] == again.results["J&F-Mean"] and "J&F-Mean" in printed
+    assert (tmp_path / "out" / "results.report.json").is_file()
+
+
 def test_bad_input_gives_one_message(tmp_path, synthetic_root, tiny_host, capsys):
     import shutil
 

@@ -410,6 +410,11 @@ def test_revos_layout_and_protocol_by_hand(tmp_path):
     assert report.results["J"] == pytest.approx((1 + reasoning["J"]) / 2)
     assert report.results["R"] == pytest.approx((1 + 0.9) / 2, abs=1e-6)
     assert report.results["reasoning/J&F"] == pytest.approx((reasoning["J"] + reasoning["F"]) / 2)
+    # sparrow test with benchmark: revos scores its predicted masks the same way
+    from sparrow_plugin.data.datamodule import ReferringVideoDataModule
+
+    data = ReferringVideoDataModule(root, layout="revos", test_split="valid", benchmark="revos")
+    assert data.score_predictions(pred).results == report.results and data.protocol_deviations() == []
 
 
 def test_lvvis_and_revos_layouts_in_the_data_module(tmp_path):

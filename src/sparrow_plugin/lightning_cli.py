@@ -194,28 +194,60 @@ class SparrowCLI(LightningCLI):
         self.config_init[self.subcommand]["verbose"] = False
 
     def test(self, model, datamodule=None, **kwargs) -> None:
-        """``sparrow test``: scored here when the split has masks. A split only the
-        benchmark's server scores gets its masks written and zipped in the server's layout
-        instead, and no number is claimed."""
-        if datamodule is None or not hasattr(datamodule, "test_split_has_masks") or datamodule.test_split_has_masks():
+        """``sparrow test``: a split with masks is scored in the test loop (the MeViS
+        protocol), or, when the data module names a ``benchmark``, its masks are predicted
+        and scored by that benchmark's own protocol (as ``sparrow eval``). A split only the
+        benchmark's server scores gets its masks written and zipped in the server's layout,
+        and no number is claimed."""
+        if datamodule is None or not hasattr(datamodule, "test_split_has_masks"):
             self.trainer.test(model=model, datamodule=datamodule, **kwargs)
-            return
-        from sparrow_plugin.evaluation import write_submission
+        elif not datamodule.test_split_has_masks():
+            self._write_submission(model, datamodule, kwargs.get("ckpt_path"))
+        elif datamodule.hparams.benchmark is not None:
+            self._score_with_the_benchmarks_protocol(model, datamodule, kwargs.get("ckpt_path"))
+        else:
+            self.trainer.test(model=model, datamodule=datamodule, **kwargs)
+
+    def _predicted_masks(self, model, datamodule, ckpt_path) -> tuple[Path, Path]:
+        """Predict the test split's masks into ``<folder>/<split>_masks``; the folder is the
+        ``--results`` file's, else the trainer's root."""
         from sparrow_plugin.predict import MaskWriter
 
         results = self.config[self.subcommand].get("results")
         folder = Path(results).parent if results else Path(self.trainer.default_root_dir)
         split = datamodule.hparams.test_split
-        masks, archive = folder / f"{split}_masks", folder / f"{split}_submission.zip"
+        masks = folder / f"{split}_masks"
         datamodule.hparams.predict_split = split
         self.trainer.callbacks.append(MaskWriter(str(masks), max_overlays=0))
-        self.trainer.predict(model=model, datamodule=datamodule, ckpt_path=kwargs.get("ckpt_path"), return_predictions=False)
+        self.trainer.predict(model=model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+        return folder, masks
+
+    def _write_submission(self, model, datamodule, ckpt_path) -> None:
+        from sparrow_plugin.evaluation import write_submission
+
+        folder, masks = self._predicted_masks(model, datamodule, ckpt_path)
+        split = datamodule.hparams.test_split
         if self.trainer.is_global_zero:
-            write_submission(masks, datamodule.dataset(split, "eval").expressions, archive)
+            archive = write_submission(masks, datamodule.dataset(split, "eval").expressions, folder / f"{split}_submission.zip")
             print(
                 f"split {split!r} has no masks: its numbers come from the benchmark's server. Upload {archive} "
                 f"(Annotations/<video>/<exp_id>/<frame>.png; the masks are also in {masks})"
             )
+
+    def _score_with_the_benchmarks_protocol(self, model, datamodule, ckpt_path) -> None:
+        from sparrow_plugin.evaluation import write_report
+
+        _, masks = self._predicted_masks(model, datamodule, ckpt_path)
+        if not self.trainer.is_global_zero:
+            return
+        report = datamodule.score_predictions(masks)
+        print(report.format())
+        path = self.config[self.subcommand].get("results")
+        if path:
+            results = {"benchmark": report.benchmark, **report.results, "scored_zero": [vars(p) for p in report.problems if p.scored_zero]}
+            Path(path).write_text(json.dumps(results, indent=1, default=float))
+            write_report(report, Path(path).with_suffix(".report.json"))
+            print(f"metrics written to {path} (per sample: {Path(path).with_suffix('.report.json')})")
 
     def after_test(self) -> None:
         results = getattr(self.model, "test_results", None)

@@ -56,6 +56,13 @@ class ReferringVideoDataModule(L.LightningDataModule):
             the interrupted one would have drawn next (``sparrow_plugin.data.mixing``).
         samples_per_epoch: draws per epoch of the mix; None = all its sources' samples.
         mix_seed: the seed of the mix's stream of draws.
+        benchmark: score ``sparrow test`` with this benchmark's own protocol, on the
+            predicted masks, as ``sparrow eval`` does, instead of per expression:
+            ``ref-davis17`` (a ``ref-youtube-vos`` split of Ref-DAVIS17; the converted
+            expressions say each one's object and annotator set) or ``revos``. None: the
+            MeViS protocol, in the test loop.
+        benchmark_root: the ground truth that protocol reads, when it is not ``root``
+            (``ref-davis17``: the DAVIS 2017 folder).
     """
 
     def __init__(
@@ -78,6 +85,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
         train_mix: list[TrainSource] | None = None,
         samples_per_epoch: int | None = None,
         mix_seed: int = 0,
+        benchmark: Literal["ref-davis17", "revos"] | None = None,
+        benchmark_root: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -108,6 +117,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
         if stage == "fit":
             sources += [(Path(source.root), source.layout, source.split) for source in mix]
         missing = []
+        if hp["benchmark"] == "ref-davis17" and stage == "test" and not (hp["benchmark_root"] and Path(hp["benchmark_root"]).is_dir()):
+            missing.append(f"{hp['benchmark_root']}: benchmark ref-davis17 scores against the DAVIS 2017 folder; set data.init_args.benchmark_root to it")
         for root, layout, split in sources:
             if layout not in LAYOUTS:
                 missing.append(f"{root}: layout {layout!r} is not one of {', '.join(LAYOUTS)}")
@@ -176,11 +187,25 @@ class ReferringVideoDataModule(L.LightningDataModule):
         ``valid``): ``sparrow test`` then writes its submission instead."""
         return self.dataset(self.hparams.test_split, "eval").has_masks
 
+    def score_predictions(self, masks_dir: Path):
+        """The ``benchmark``'s own evaluation of the test split's predicted masks
+        (``<video>/<exp_id>/<frame>.png``): an :class:`~sparrow_plugin.evaluation.EvaluationReport`."""
+        from sparrow_plugin.evaluation import evaluate
+
+        hp = self.hparams
+        split = hp.test_split
+        if hp.benchmark == "ref-davis17":
+            expressions = self.dataset(split, "eval").meta_path
+            return evaluate("ref-davis17", masks_dir, hp.benchmark_root, expressions=expressions)
+        return evaluate(hp.benchmark, masks_dir, hp.benchmark_root or self.root, split=split)
+
     def protocol_deviations(self, scoring: bool = True) -> list[str]:
         """How evaluation here differs from the benchmark's protocol (empty: it does not);
         ``scoring`` False for predictions, which the scoring protocol does not concern."""
         eval_frames = self.hparams.eval_frames
         deviations = [f"eval_frames={eval_frames}: only {eval_frames} frames of each video are scored"] if eval_frames is not None else []
+        if scoring and self.hparams.benchmark is not None:
+            return deviations  # scored by the benchmark's own protocol
         if scoring and self.hparams.layout == "revos":
             deviations.append(
                 "overall J&F over all expressions: ReVOS' own overall is the mean of its referring and reasoning means, "
