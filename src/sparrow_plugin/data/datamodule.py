@@ -209,12 +209,12 @@ class ReferringVideoDataModule(L.LightningDataModule):
         if scoring and self.hparams.layout == "revos":
             deviations.append(
                 "overall J&F over all expressions: ReVOS' own overall is the mean of its referring and reasoning means, "
-                "with A and R beside J and F (sparrow eval --benchmark revos)"
+                "with A and R beside J and F (set data.init_args.benchmark: revos, or sparrow eval --benchmark revos)"
             )
         if scoring and self.hparams.layout == "ref-youtube-vos":
             deviations.append(
                 "per-expression J&F (the MeViS protocol) on a Ref-YouTube-VOS-layout split: Ref-DAVIS17's own number is "
-                "unsupervised DAVIS per annotator set (sparrow predict, then sparrow eval --benchmark ref-davis17 --expressions ...)"
+                "unsupervised DAVIS per annotator set (set data.init_args.benchmark: ref-davis17 and benchmark_root, or sparrow eval --benchmark ref-davis17)"
             )
         if self._eval_tracks_read and self.hparams.tsf_eval_tracks == "annotation":
             deviations.append("tsf_eval_tracks=annotation: TSF at inference reads the split's own masks (an oracle)")
