@@ -431,3 +431,11 @@ def test_lvvis_and_revos_layouts_in_the_data_module(tmp_path):
     assert item["full_masks"].sum() == 36 and item["query"] == "a cat"
     missing = ReferringVideoDataModule.missing_inputs("fit", {"root": str(tmp_path / "ReVOS"), "layout": "revos", "val_split": "valid"})
     assert missing and "without JPEGImages and meta_expressions_train_.json" in missing[0]
+    # ReVOS keeps every split in one folder: its kinds are found there (per-kind reporting)
+    revos = tmp_path / "ReVOS"
+    (revos / "JPEGImages" / "v").mkdir(parents=True)
+    Image.fromarray(np.zeros((HEIGHT, WIDTH, 3), np.uint8)).save(revos / "JPEGImages" / "v" / "00000.jpg")
+    expressions = {str(k): {"exp": f"thing {k}", "obj_id": [1], "anno_id": [1], "type_id": k} for k in (0, 1)}
+    (revos / "meta_expressions_valid_.json").write_text(json.dumps({"videos": {"v": {"frames": ["00000"], "expressions": expressions}}}))
+    (revos / "mask_dict.json").write_text(json.dumps({"1": [rle(square(3, 3))]}))
+    assert ReferringVideoDataModule(revos, layout="revos", val_split="valid", test_split="valid").kinds() == ["reasoning", "referring"]

@@ -12,7 +12,7 @@ import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from sparrow_plugin.data.collate import collate_referring
-from sparrow_plugin.data.layouts import LAYOUTS
+from sparrow_plugin.data.layouts import LAYOUTS, dataset_class
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.data.mixing import MixSampler, TrainSource
 from sparrow_plugin.errors import ConfigError, DatasetError, SparrowWarning
@@ -105,7 +105,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
         arguments = inspect.signature(cls).bind(**init_args)
         arguments.apply_defaults()
         hp = arguments.arguments
-        mix = [TrainSource(**s) if isinstance(s, Mapping) else s for s in hp["train_mix"] or []]
+        mix = _train_sources(hp["train_mix"])
         splits = {
             "fit": ([] if mix else [hp["train_split"]]) + [hp["val_split"]],
             "validate": [hp["val_split"]],
@@ -171,7 +171,7 @@ class ReferringVideoDataModule(L.LightningDataModule):
             hp = self.hparams
             # training reads tsf_tracks; evaluation tsf_eval_tracks, once a model asked for them
             tracks = hp.tsf_tracks if role == "train" else hp.tsf_eval_tracks if self._eval_tracks_read else None
-            self._datasets[split, role] = LAYOUTS[hp.layout](
+            self._datasets[split, role] = dataset_class(hp.layout)(
                 self.root,
                 split,
                 image_size=hp.image_size,
@@ -223,7 +223,9 @@ class ReferringVideoDataModule(L.LightningDataModule):
     def kinds(self) -> list[str]:
         """Expression kinds of the evaluation splits (for per-kind reporting)."""
         splits = {self.hparams.val_split, self.hparams.test_split}
-        return sorted({k for split in splits if (self.root / split).is_dir() for k in self.dataset(split, "eval").kinds()})
+        layout = dataset_class(self.hparams.layout)
+        present = [split for split in splits if layout.layout_paths(self.root, split)["expressions"].is_file()]
+        return sorted({kind for split in present for kind in self.dataset(split, "eval").kinds()})
 
     def train_dataloader(self) -> DataLoader:
         if self.hparams.train_mix:
@@ -232,9 +234,9 @@ class ReferringVideoDataModule(L.LightningDataModule):
 
     def _mix_loader(self) -> DataLoader:
         hp = self.hparams
-        sources = [TrainSource(**s) if isinstance(s, Mapping) else s for s in hp.train_mix]
+        sources = _train_sources(hp.train_mix)
         datasets = [
-            LAYOUTS[source.layout](
+            dataset_class(source.layout)(
                 source.root, source.split, image_size=hp.image_size, num_frames=hp.train_frames, random_frames=True,
                 frame_request=self.frame_request, tsf_tracks=hp.tsf_tracks,
             )
@@ -302,3 +304,8 @@ class ReferringVideoDataModule(L.LightningDataModule):
             collate_fn=collate_referring,
             persistent_workers=self.hparams.num_workers > 0,
         )
+
+
+def _train_sources(train_mix) -> list[TrainSource]:
+    """A recipe's train_mix entries (mappings from YAML, or TrainSource objects) as TrainSource."""
+    return [TrainSource(**source) if isinstance(source, Mapping) else source for source in train_mix or []]
