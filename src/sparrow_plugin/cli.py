@@ -299,7 +299,7 @@ def _eval_command(argv: list[str]) -> None:
     parser.add_argument("--benchmark", required=True, choices=list(BENCHMARKS))
     parser.add_argument("--pred", required=True, type=Path, help="the prediction folder (stvg: the predictions JSON)")
     parser.add_argument("--gt", required=True, type=Path, help="the benchmark's root folder, as downloaded (stvg: the annotation JSON)")
-    parser.add_argument("--split", default=None, help="mevis: the split (default valid_u); davis17: the subset (default val)")
+    parser.add_argument("--split", default=None, help="mevis, revos: the split (default valid_u, valid); davis17: the subset (default val)")
     parser.add_argument("--task", default="unsupervised", choices=["unsupervised", "semi-supervised"], help="davis17 only")
     parser.add_argument(
         "--expressions", type=Path, default=None,
