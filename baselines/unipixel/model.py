@@ -170,6 +170,11 @@ class UniPixel(nn.Module):
     def _llm_frame_count(self) -> int:
         return self.config.num_frames + self.config.num_frames % 2  # Qwen pairs frames
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the LLM's positions reach (prompt and answer together)."""
+        return getattr(self.qwen.config.get_text_config(), "max_position_embeddings", None)
+
     def frame_request(self) -> FrameRequest:
         """16 frames evenly spaced over the whole clip, at Qwen2-VL's size for the video's
         own aspect ratio (``smart_resize``), resized bicubic as its processor does."""

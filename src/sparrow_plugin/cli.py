@@ -3,6 +3,7 @@
     sparrow fit|validate|test|predict --config recipe.yaml [--config more.yaml] [--key value]
     sparrow test --config recipe.yaml --results out/results.json     # also writes the metrics
     sparrow predict --config recipe.yaml --output_dir out/            # masks, answers, overlays
+    sparrow predict VIDEO "the red car" --config recipe.yaml --ckpt_path C --out DIR  # your own video
     sparrow data synth --out DIR --seed S                            # the synthetic benchmark
     sparrow report BEFORE.json AFTER.json                            # result files side by side
     sparrow eval --benchmark mevis --pred DIR --gt ROOT --split valid_u # score any model's PNG folder
@@ -80,6 +81,8 @@ def run(argv: list[str] | None = None):
         return _tiny_release_command(args[1:])
     if command == "tsf":
         return _tsf_command(args[1:])
+    if command == "predict" and len(args) > 1 and not args[1].startswith("-"):
+        return _predict_video_command(args[1:])
     if command not in LIGHTNING_COMMANDS:
         from sparrow_plugin.config import closest_name
 
@@ -260,6 +263,49 @@ def _tsf_command(argv: list[str]) -> None:
                               sam2_config=args.sam2_config, sam2_checkpoint=args.sam2_checkpoint, layout=data.get("layout", "mevis"),
                               accelerator=args.accelerator, devices=devices, strategy=args.strategy, num_nodes=args.num_nodes)
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
+
+
+def _predict_video_command(argv: list[str]):
+    """``sparrow predict VIDEO "expression" ...``: the Lightning predict subcommand on a
+    :class:`~sparrow_plugin.data.video_clip.VideoClipDataModule` in place of the recipe's
+    data, writing with :class:`~sparrow_plugin.video_predict.VideoPredictionWriter`."""
+    from sparrow_plugin.recipes import read_recipe
+
+    parser = _Parser(
+        prog="sparrow predict VIDEO",
+        description="segment what an expression refers to in your own video: masks, an overlay video and a JSON",
+        epilog="other --key value settings go to the recipe, as with sparrow predict --config (e.g. --trainer.accelerator gpu)",
+    )
+    parser.add_argument("video", help="a video file (mp4, webm, mov, ...: what PyAV decodes) or a folder of frames")
+    parser.add_argument("expression", nargs="?", help="what to segment")
+    parser.add_argument("--expression", dest="more", action="append", default=[], help="another expression (repeatable); the video is decoded once")
+    parser.add_argument("--config", action="append", required=True, help="the recipe the checkpoint was trained with; repeatable")
+    parser.add_argument("--ckpt_path", default=None, help="the trained checkpoint")
+    parser.add_argument("--out", required=True, help="the output folder")
+    parser.add_argument("--fps", type=float, default=None, help="frames per second for SAM2 (default: every frame)")
+    args, rest = parser.parse_known_args(argv)
+    expressions = ([args.expression] if args.expression else []) + args.more
+    if not expressions:
+        raise SparrowError("sparrow predict VIDEO: give an expression (sparrow predict VIDEO \"the red car\" --config ... --out DIR)")
+    image_size = 1024  # the data module's default; a recipe's own decides
+    for path in args.config:
+        image_size = ((read_recipe(Path(path)).get("data") or {}).get("init_args") or {}).get("image_size", image_size)
+    lightning_args = ["predict", *(a for c in args.config for a in ("--config", c))]
+    lightning_args += [
+        "--data", "sparrow_plugin.data.video_clip.VideoClipDataModule",
+        "--data.init_args.video", args.video,
+        "--data.init_args.expressions", json.dumps(expressions),
+        "--data.init_args.image_size", str(image_size),
+        "--trainer.callbacks+=sparrow_plugin.video_predict.VideoPredictionWriter",
+        f"--trainer.callbacks.output_dir={args.out}",
+    ]
+    if args.fps is not None:
+        lightning_args += ["--data.init_args.fps", str(args.fps)]
+    if args.ckpt_path is not None:
+        lightning_args += ["--ckpt_path", args.ckpt_path]
+    from sparrow_plugin.lightning_cli import build_cli
+
+    return build_cli(lightning_args + rest)
 
 
 def _report_command(argv: list[str]) -> None:

@@ -288,6 +288,10 @@ class HostAdapter(Protocol):
     no_target_answer: str
     """Training answer when nothing in the video matches the query (no grounding token)."""
 
+    context_length: int | None
+    """Optional: the tokens the LLM's positions reach, prompt and answer together; the model
+    refuses a prompt that with ``max_new_tokens`` would run past it (None or absent: no check)."""
+
     @property
     def language_model(self) -> nn.Module:
         """The LLM (the module LoRA is injected into)."""

@@ -31,7 +31,7 @@ from torchvision.ops import box_iou
 from sparrow_plugin.checkpoints import host_record, host_weight_digests
 from sparrow_plugin.config import PARAMETER_GROUPS, STAGE_GROUPS, SparrowConfig, check_mask_supervision, flat_settings
 from sparrow_plugin.decoder import SAM2VideoDecoder
-from sparrow_plugin.errors import ConfigError, SparrowWarning
+from sparrow_plugin.errors import ConfigError, SparrowError, SparrowWarning
 from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.grounding.box_grounding import BoxGrounding
 from sparrow_plugin.grounding.filtration import filtration_losses, filtration_targets, top1_hit_rate
@@ -403,6 +403,7 @@ class SparrowModel(nn.Module):
         if host_tracks is not None:
             edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, host_tracks))]
         prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
+        self._check_context(prompt, batch.queries)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
         is_seg = roles == GROUNDING_ROLES.index("seg")
@@ -591,6 +592,22 @@ class SparrowModel(nn.Module):
         return 0 if setting in ("first", "best") else setting % num_frames
 
     # ------------------------------------------------------------------ shared
+
+    def _check_context(self, prompt, queries: list[str]) -> None:
+        """Refuse, naming it, a prompt whose answer (up to ``max_new_tokens``) would run past
+        the host's context, which would otherwise fail deep in the LLM or read garbage
+        positions."""
+        limit = getattr(self.host, "context_length", None)  # optional in the host contract
+        if limit is None:
+            return
+        budget = self.config.max_new_tokens
+        for query, length in zip(queries, prompt.attention_mask.sum(dim=1).tolist()):
+            if length + budget > limit:
+                shown = query if len(query) <= 80 else query[:77] + "..."
+                raise SparrowError(
+                    f"the expression {shown!r} makes a prompt of {int(length)} tokens; with max_new_tokens={budget} the answer "
+                    f"would run past the host's context of {limit} tokens: shorten the expression (or lower max_new_tokens)"
+                )
 
     def warn_unknown_words(self, queries: list[str]) -> None:
         """Warn, once per word, about query words the host's tokenizer maps to its unknown

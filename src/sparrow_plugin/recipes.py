@@ -70,7 +70,8 @@ def check_settings(argv: Sequence[str], accepted: Iterable[str], flags: Iterable
         tree = read_recipe(path)
         problems += [_problem(str(path), key, closest) for key, closest in unknown_keys(tree, accepted)]
         _merge(merged, tree)
-    settings = {key: value for key, value in _command_line_settings(argv).items() if f"--{key}" not in flags}
+    # an option that is also a setting (`--data CLASS`, `--model CLASS`) replaces the recipe's class
+    settings = {key: value for key, value in _command_line_settings(argv).items() if f"--{key}" not in flags or key in accepted}
     tree: dict = {}
     for key, value in settings.items():
         _insert(tree, key.split("."), value)

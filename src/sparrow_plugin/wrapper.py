@@ -135,6 +135,7 @@ class SparrowWrapper(L.LightningModule):
                 "frame_names": names,
                 "masks": prediction.masks,
                 "object_masks": prediction.object_masks,
+                "object_scores": prediction.object_scores,
                 "answer": prediction.answer,
                 "truncated": prediction.truncated,
                 "cond_frame": prediction.cond_frame,

@@ -63,6 +63,11 @@ class CausalLMHost(nn.Module):
     def new_token_parameters(self) -> list[nn.Parameter]:
         return added_token_parameters(self.llm)
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the LLM's positions reach (prompt and answer together)."""
+        return getattr(self.llm.config, "max_position_embeddings", None)
+
     def forward(self, inputs: HostInputs, edits: Sequence[EmbedEdit] = ()) -> HostOutput:
         out = self.llm(
             inputs_embeds=self.embed(inputs.input_ids, inputs.visual, edits),
