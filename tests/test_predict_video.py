@@ -12,7 +12,7 @@ from sparrow_plugin.cli import main
 from sparrow_plugin.data.mevis import MeViSDataset
 from sparrow_plugin.video_io import read_video, write_video
 
-from .test_user_errors import refused, sparrow, succeeded, unipixel_checkpoint, work  # noqa: F401  (fixtures)
+from .test_user_errors import refused, sparrow, succeeded
 
 pytestmark = pytest.mark.slow
 
