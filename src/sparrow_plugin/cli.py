@@ -310,7 +310,11 @@ def _predict_video_command(argv: list[str]):
 
 def _report_command(argv: list[str]) -> None:
     parser = _Parser(prog="sparrow report", description="compare results files side by side")
-    parser.add_argument("files", nargs="+", help="JSON files written by `sparrow test --results`")
+    parser.add_argument("files", nargs="*", help="JSON files written by `sparrow test --results`")
+    parser.add_argument(
+        "--curves", nargs=2, metavar=("METRICS_CSV", "OUT_PNG"), default=None,
+        help="draw a run's learning curves (train/loss, each val J&F) from its CSV logger's metrics.csv into a PNG",
+    )
     parser.add_argument("--names", nargs="+", help="column names, one per file (default: file stems)")
     parser.add_argument("--proposer", default=None, help="a proposer's recall.json (written by its pre-training), printed below the table")
     parser.add_argument(
@@ -318,6 +322,14 @@ def _report_command(argv: list[str]) -> None:
         help="results of the same models on another split, one file per column: its kinds are added as rows (e.g. valid_cross's crossing_identity)",
     )
     args = parser.parse_args(argv)
+    if args.curves is not None:
+        from sparrow_plugin.pictures import plot_curves
+
+        print(f"learning curves written to {plot_curves(*args.curves)}")
+        if not args.files:
+            return
+    if not args.files:
+        raise SparrowError("sparrow report: give results files to compare (or --curves METRICS_CSV OUT_PNG)")
     if args.names is not None and len(args.names) != len(args.files):
         raise SparrowError(f"sparrow report: {len(args.names)} names for {len(args.files)} files; give one name per file or none")
     if args.also is not None and len(args.also) != len(args.files):

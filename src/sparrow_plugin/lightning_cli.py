@@ -85,6 +85,12 @@ class SparrowCLI(LightningCLI):
         )
         if subcommand == "test":
             parser.add_argument("--results", type=str | None, default=None, help="also write the metrics to this JSON file")
+        if subcommand in ("fit", "validate"):
+            parser.add_argument(
+                "--val_overlays", type=int, default=4,
+                help="mask overlays of the first N validation samples, each validation, as PNGs in the logger's folder "
+                "and in TensorBoard (0: none; sparrow_plugin.pictures)",
+            )
         if subcommand == "predict":
             parser.add_argument(
                 "--output_dir", type=str | None, default=None,
@@ -173,7 +179,18 @@ class SparrowCLI(LightningCLI):
 
     # ------------------------------------------------------------------ per subcommand
 
+    def _add_validation_pictures(self) -> None:
+        from sparrow_plugin.pictures import ValidationPictures
+
+        count = self.config[self.subcommand].get("val_overlays", 0)
+        if count and not any(isinstance(c, ValidationPictures) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(ValidationPictures(count))
+
+    def before_validate(self) -> None:
+        self._add_validation_pictures()
+
     def before_fit(self) -> None:
+        self._add_validation_pictures()
         data = self.config.get(self.subcommand, {}).get("data")
         if data is not None and hasattr(data, "init_args") and data.init_args.get("train_mix"):
             # a train_mix resumes inside an epoch through the data module's own state

@@ -118,10 +118,13 @@ class SparrowWrapper(L.LightningModule):
         self._log_losses("train", losses, len(batch))
         return losses["loss"]
 
-    def validation_step(self, batch: VideoBatch, batch_idx: int):
+    def validation_step(self, batch: VideoBatch, batch_idx: int) -> list[Prediction]:
+        """Scores the batch; the predictions go to callbacks (``ValidationPictures``)."""
         if batch.has_targets:
             self._log_losses("val", self.model.training_losses(batch), len(batch))
-        self._update_metric("val", batch, self.model.predict(batch))
+        predictions = self.model.predict(batch)
+        self._update_metric("val", batch, predictions)
+        return predictions
 
     def test_step(self, batch: VideoBatch, batch_idx: int):
         self._update_metric("test", batch, self.model.predict(batch))
