@@ -151,3 +151,18 @@ def test_a_real_hosts_tiny_release_predicts_on_a_video(clip, unipixel_checkpoint
     assert entry["frames"] == clip["frames"] and len(list((out / "0" / "mask").glob("*.png"))) == clip["frames"]
     with av.open(str(out / "0" / "overlay.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == clip["frames"]
+
+
+def test_sampled_decoding_seeks_and_gives_the_frames_a_full_decode_gives(tmp_path):
+    from sparrow_plugin.video_io import read_frames
+
+    frames = np.zeros((120, 48, 64, 3), np.uint8)
+    for t in range(len(frames)):
+        frames[t, :, : t % 64] = 200  # a bar as long as the frame's position
+    path = write_video(tmp_path / "long.mp4", frames, fps=30, keyframe_interval=15)
+    full = read_video(path).frames
+    wanted = [0, 3, 44, 45, 90, 119, 7]  # unsorted, near and far apart
+    assert np.array_equal(read_frames(path, wanted), full[wanted])
+    sampled = read_video(path, fps=4)  # 30 -> 4 fps: the first frame at or after each 1/4 s
+    assert sampled.source_indices == [0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113]
+    assert np.array_equal(sampled.frames, full[sampled.source_indices])

@@ -9,6 +9,7 @@ mid-stream or decodes to no frame, and a folder without readable images, raise a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +21,11 @@ from tqdm.auto import tqdm
 
 from sparrow_plugin.errors import DatasetError
 
-__all__ = ["VideoFrames", "FRAME_SUFFIXES", "probe_video", "read_video", "write_video"]
+__all__ = ["VideoFrames", "FRAME_SUFFIXES", "probe_video", "read_video", "read_frames", "write_video"]
+
+# a wanted frame this many frames or more past the last decoded one is reached by seeking to
+# its keyframe rather than decoding every frame in between
+_SEEK_GAP = 8
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -92,6 +97,42 @@ def _read_folder(folder: Path, progress: bool) -> VideoFrames:
     return VideoFrames(np.stack(frames), [p.stem for p in paths], list(range(len(paths))), None)
 
 
+def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
+    """(len(indices), H, W, 3) uint8: the frames at these positions of a video file,
+    decoding only what reaching them needs. For each wanted frame far from the last one
+    decoded, the decoder seeks to the keyframe at or before it and decodes forward; a
+    frame's position is its timestamp times the stream's frame rate. Much faster than
+    decoding every frame when the wanted ones are sparse (the host's LLM frames of a long
+    video, or a low ``fps``)."""
+    path = Path(path)
+    wanted = sorted(set(int(i) for i in indices))
+    found: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate, time_base, start = Fraction(stream.average_rate or stream.guessed_rate), Fraction(stream.time_base), stream.start_time or 0
+            position = None  # of the last decoded frame
+            frames = None
+            for target in wanted:
+                if target in found:
+                    continue
+                if position is None or target < position or target - position >= _SEEK_GAP:
+                    container.seek(start + int(target / rate / time_base), stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                for frame in frames:
+                    position = round((frame.pts - start) * time_base * rate) if frame.pts is not None else (position or 0) + 1
+                    if position in wanted and position not in found:
+                        found[position] = frame.to_ndarray(format="rgb24")
+                    if position >= target:
+                        break
+    except (av.error.FFmpegError, OSError, IndexError) as error:
+        raise DatasetError(path, f"not a video PyAV can decode ({error})") from None
+    absent = [index for index in wanted if index not in found]
+    if absent:
+        raise DatasetError(path, f"no frame at position(s) {', '.join(map(str, absent[:5]))} (past the end, or a variable frame rate)")
+    return np.stack([found[int(i)] for i in indices])
+
+
 def _read_file(path: Path, fps: float | None, progress: bool) -> VideoFrames:
     try:
         container = av.open(str(path))
@@ -102,6 +143,11 @@ def _read_file(path: Path, fps: float | None, progress: bool) -> VideoFrames:
             raise DatasetError(path, "holds no video stream")
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
+        if fps is not None and stream.frames and rate:  # the length is known: decode only the kept frames
+            step = float(rate) / fps
+            indices = sorted({math.ceil(k * step - 1e-6) for k in range(math.ceil(stream.frames / step))} - {stream.frames})
+            indices = [i for i in indices if i < stream.frames]
+            return VideoFrames(read_frames(path, indices), [f"{i:05d}" for i in indices], indices, float(fps))
         frames, names, indices = [], [], []
         next_time = 0.0
         try:
@@ -123,9 +169,10 @@ def _read_file(path: Path, fps: float | None, progress: bool) -> VideoFrames:
     return VideoFrames(np.stack(frames), names, indices, float(fps) if fps is not None else (float(rate) if rate else None))
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+def write_video(path: str | Path, frames: np.ndarray, fps: float, keyframe_interval: int | None = None) -> Path:
     """(T, H, W, 3) uint8 RGB -> an H.264 mp4 (MPEG-4 Part 2 where this FFmpeg has no
-    H.264 encoder); odd sizes are padded by a pixel, as yuv420p needs even ones."""
+    H.264 encoder); odd sizes are padded by a pixel, as yuv420p needs even ones.
+    ``keyframe_interval``: frames between keyframes (default: the encoder's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
@@ -134,6 +181,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: float) -> Path:
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
         for frame in padded:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
