@@ -30,8 +30,10 @@ __all__ = ["VideoClipDataModule", "VideoClipDataset"]
 class VideoClipDataset(Dataset):
     """The expressions of one video, as evaluation samples without labels."""
 
-    def __init__(self, video: str | Path, expressions: list[str], fps: float | None, image_size: int, frame_request: FrameRequest | None):
-        self.video, self.fps, self.image_size, self.frame_request = Path(video), fps, image_size, frame_request
+    def __init__(
+        self, video: str | Path, expressions: list[str], fps: float | None, image_size: int, frame_request: FrameRequest | None, progress: bool = True
+    ):
+        self.video, self.fps, self.image_size, self.frame_request, self.progress = Path(video), fps, image_size, frame_request, progress
         self.expressions = [normalize_expression(text) for text in expressions]
         if not self.expressions or not all(self.expressions):
             raise ConfigError(f"give at least one non-empty expression for {self.video}, got {expressions!r}")
@@ -45,7 +47,7 @@ class VideoClipDataset(Dataset):
         """The video's frames, their float (T, 3, H, W) tensor and the decoder's resized
         copy, made once for all the expressions."""
         if self._decoded is None:
-            video = read_video(self.video, self.fps, progress=True)
+            video = read_video(self.video, self.fps, progress=self.progress)
             pixels = torch.from_numpy(video.frames).permute(0, 3, 1, 2).float().div_(255)
             self._decoded = video, pixels, resize_frames(pixels, (self.image_size, self.image_size))
         return self._decoded
