@@ -12,8 +12,8 @@ synthetic valid_u clips (8 frames of 160x120, decoded at 128 px), median of repe
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import yaml
@@ -22,15 +22,8 @@ from sparrow_plugin import SparrowWrapper
 from sparrow_plugin.data import ReferringVideoDataModule
 from sparrow_plugin.data.collate import collate_referring
 
-
-def _median_ms(work, repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -76,7 +69,7 @@ def main() -> None:
               f"{model.box_grounding.proposer.config.num_queries} queries, decoder mode {model.config.decoder.mode}")
         print(f"{'part':<40}{'ms per clip':>12}")
         for name, work in parts.items():
-            print(f"{name:<40}{_median_ms(work, args.repeats) / len(batch):>12.2f}")
+            print(f"{name:<40}{median_seconds(work, args.repeats) * 1000 / len(batch):>12.2f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ clips made from the synthetic benchmark's frames:
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,15 +34,8 @@ from sparrow_plugin.data.video_clip import VideoClipDataset
 from sparrow_plugin.frames import uniform_frames
 from sparrow_plugin.video_io import read_frames, read_video, write_video
 
-
-def median_seconds(work, repeats: int) -> float:
-    work()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
 
 
 def load_model(recipe: str, checkpoint: str):

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +27,9 @@ from sparrow_plugin import SparrowWrapper
 from sparrow_plugin.data import ReferringVideoDataModule
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import median_seconds  # noqa: E402
 
 
 def merged(*paths: str) -> dict:
@@ -98,13 +99,8 @@ def measure(host: str, data: str, repeats: int) -> dict:
             p.grad = None
         model.training_losses(batch)["loss"].backward()
 
-    step()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return {"shape": list(batch.frames.shape), "params": sum(p.numel() for p in parameters), "seconds": statistics.median(times), "mib": peak_step_mib(step)}
+    seconds = median_seconds(step, repeats)
+    return {"shape": list(batch.frames.shape), "params": sum(p.numel() for p in parameters), "seconds": seconds, "mib": peak_step_mib(step)}
 
 
 def main() -> None:
