@@ -33,7 +33,8 @@ LIGHTNING_COMMANDS = {
     "fit": "train a recipe (resume an interrupted run with --ckpt_path last)",
     "validate": "run a recipe's validation split",
     "test": "score a model on a split with masks (--results FILE writes the metrics)",
-    "predict": "write masks in the benchmark's submission layout, the answers and overlays (--output_dir DIR)",
+    "predict": "write masks in the benchmark's submission layout, the answers and overlays (--output_dir DIR); "
+    "on your own video: `sparrow predict VIDEO \"expression\" --config RECIPE --ckpt_path CKPT --out DIR`",
 }
 COMMANDS = {
     **LIGHTNING_COMMANDS,
