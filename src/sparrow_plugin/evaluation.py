@@ -169,18 +169,8 @@ def evaluate_mevis(pred_dir: str | Path, gt_root: str | Path, split: str = "vali
         raise DatasetError(dataset.mask_path, f"split {split!r} has no masks: it is scored by the benchmark's server (sparrow test writes the submission zip)")
     metric = MeViSMetric(dataset.kinds(), expected_samples=len(dataset))
     problems, per_sample = [], []
-    for index, expression in enumerate(tqdm(dataset.expressions, desc=f"mevis {split}", disable=not progress)):
-        sample = f"{expression.video}/{expression.exp_id}"
-        gt = dataset.ground_truth(expression)
-        try:
-            pred = _read_expression(pred_dir / expression.video / expression.exp_id, expression.frames, None if gt is None else gt.shape[1:])
-        except _Unreadable as error:
-            problems.append(Problem(sample, str(error)))
-            metric.update(None, None, kind=expression.kind, sample_index=index)
-        else:
-            if gt is None:  # no-target expression of a video of unrecorded size: empty at the prediction's
-                gt = np.zeros_like(pred)
-            metric.update(pred, gt, kind=expression.kind, sample_index=index)
+    for index, (expression, sample, pred, gt) in enumerate(_expression_predictions(dataset, pred_dir, problems, f"mevis {split}", progress)):
+        metric.update(pred, gt, kind=expression.kind, sample_index=index)  # pred None: scored 0
         # the scores just added (a state list until compute())
         per_sample.append({"sample": sample, "kind": expression.kind, "J": float(metric.j[-1]), "F": float(metric.f[-1])})
     problems += _unknown_folders(pred_dir, {e.video for e in dataset.expressions}, "video")
@@ -204,17 +194,11 @@ def evaluate_revos(pred_dir: str | Path, gt_root: str | Path, split: str = "vali
     foreground_path = Path(gt_root) / "mask_dict_foreground.json"
     foreground = read_json(foreground_path, "ReVOS' foreground masks")
     problems, rows = [], []
-    for expression in tqdm(dataset.expressions, desc=f"revos {split}", disable=not progress):
-        sample = f"{expression.video}/{expression.exp_id}"
+    for expression, sample, pred, gt in _expression_predictions(dataset, pred_dir, problems, f"revos {split}", progress):
         row = {"sample": sample, "kind": expression.kind, "J": 0.0, "F": 0.0, "A": 0.0, "R": 0.0}
         rows.append(row)
-        gt = dataset.ground_truth(expression)
-        try:
-            pred = _read_expression(pred_dir / expression.video / expression.exp_id, expression.frames, None if gt is None else gt.shape[1:])
-        except _Unreadable as error:
-            problems.append(Problem(sample, str(error)))
+        if pred is None:
             continue
-        gt = np.zeros_like(pred) if gt is None else gt
         video_foreground = _foreground(foreground, foreground_path, expression.video, len(expression.frames), pred.shape[1:])
         outside = (pred & ~gt).reshape(len(pred), -1).sum(axis=1)
         row.update(
@@ -261,6 +245,23 @@ def _revos_results(rows: list[dict], missing: int) -> dict[str, float]:
     results["expressions"] = len(rows)
     results["missing"] = missing
     return results
+
+
+def _expression_predictions(dataset: MeViSDataset, pred_dir: Path, problems: list[Problem], desc: str, progress: bool):
+    """Each expression of ``dataset`` as ``(expression, sample, pred, gt)``: its (T, H, W)
+    prediction and ground truth, or None for both when the prediction cannot be read (the
+    reason is added to ``problems``, and the protocol scores it 0)."""
+    for expression in tqdm(dataset.expressions, desc=desc, disable=not progress):
+        sample = f"{expression.video}/{expression.exp_id}"
+        gt = dataset.ground_truth(expression)
+        try:
+            pred = _read_expression(pred_dir / expression.video / expression.exp_id, expression.frames, None if gt is None else gt.shape[1:])
+        except _Unreadable as error:
+            problems.append(Problem(sample, str(error)))
+            yield expression, sample, None, None
+            continue
+        # a no-target expression of a video of unrecorded size: empty at the prediction's size
+        yield expression, sample, pred, np.zeros_like(pred) if gt is None else gt
 
 
 def _read_expression(folder: Path, frames: tuple[str, ...], size) -> np.ndarray:
