@@ -26,8 +26,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from sparrow_plugin.data.mevis import read_json
-from sparrow_plugin.data.stvg import STVGDataset, _is_int, _is_number
+from sparrow_plugin.data.mevis import is_json_int, is_json_number, read_json
+from sparrow_plugin.data.stvg import STVGDataset
 from sparrow_plugin.errors import DatasetError
 from sparrow_plugin.evaluation import EvaluationReport, Problem
 from sparrow_plugin.metrics.stvg import STVGSummary, tube_scores
@@ -92,7 +92,7 @@ def _read_prediction(entry) -> tuple[tuple[int, int] | None, dict[int, list[floa
         raise _Unreadable(f'expected {{"span": [start, end] or null, "boxes": {{...}}}}, got {_short(entry)}')
     span = entry["span"]
     if span is not None:
-        if not (isinstance(span, list) and len(span) == 2 and all(_is_int(v) for v in span) and 0 <= span[0] <= span[1]):
+        if not (isinstance(span, list) and len(span) == 2 and all(is_json_int(v) for v in span) and 0 <= span[0] <= span[1]):
             raise _Unreadable(f"span must be null or two integers 0 <= start <= end, got {_short(span)}")
         span = (span[0], span[1])
     if not isinstance(entry["boxes"], dict):
@@ -103,7 +103,7 @@ def _read_prediction(entry) -> tuple[tuple[int, int] | None, dict[int, list[floa
             position = int(key)
         except ValueError:
             raise _Unreadable(f"boxes: {key!r} is not a sampled-frame position (an integer)") from None
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(is_json_number(v) for v in box)):
             raise _Unreadable(f"boxes[{key!r}] must be four numbers [x1, y1, x2, y2], got {_short(box)}")
         if box[2] < box[0] or box[3] < box[1]:
             raise _Unreadable(f"boxes[{key!r}] = {box} has x2 < x1 or y2 < y1 (expected [x1, y1, x2, y2])")

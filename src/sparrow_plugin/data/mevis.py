@@ -16,6 +16,7 @@ the file.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.tracks import Track, annotation_track
 
-__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json", "rle_runs"]
+__all__ = ["ReferringExpression", "MeViSDataset", "MeViSObjectDataset", "normalize_expression", "normalised_boxes", "read_json", "is_json_int", "is_json_number", "rle_runs"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,16 @@ class ReferringExpression:
 def normalize_expression(text: str) -> str:
     """Lower-case and collapse white space, as the MeViS evaluation does."""
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def is_json_int(value) -> bool:
+    """An integer as JSON gives it (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_json_number(value) -> bool:
+    """A finite integer or float as JSON gives it (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_json(path: Path, what: str):

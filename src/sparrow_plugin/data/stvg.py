@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sparrow_plugin.data.mevis import read_json
+from sparrow_plugin.data.mevis import is_json_int, is_json_number, read_json
 from sparrow_plugin.errors import ConfigError, DatasetError
 from sparrow_plugin.frames import resize_frames
 
@@ -207,11 +207,11 @@ class STVGDataset(Dataset):
         ints = {}
         for key in ("width", "height", "start_frame", "end_frame", "tube_start_frame", "tube_end_frame"):
             value = video[key]
-            if not _is_int(value) or value < 0:
+            if not is_json_int(value) or value < 0:
                 raise DatasetError(self.annotations, f"{where}: {key} must be a non-negative integer, got {value!r}")
             ints[key] = value
         video_fps = video["fps"]
-        if not _is_number(video_fps) or video_fps <= 0:
+        if not is_json_number(video_fps) or video_fps <= 0:
             raise DatasetError(self.annotations, f"{where}: fps must be a positive number, got {video_fps!r}")
         if ints["end_frame"] <= ints["start_frame"]:
             raise DatasetError(self.annotations, f"{where}: empty clip [start_frame, end_frame) = [{ints['start_frame']}, {ints['end_frame']})")
@@ -243,7 +243,7 @@ class STVGDataset(Dataset):
                     f"but trajectories[{original!r}][{target!r}] has no box for it",
                 )
             box = entry.get("bbox") if isinstance(entry, dict) else None
-            if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            if not (isinstance(box, list) and len(box) == 4 and all(is_json_number(v) for v in box)):
                 raise DatasetError(self.annotations, f"{where}: trajectories[{original!r}][{target!r}][{str(frame)!r}]: expected {{'bbox': [x, y, w, h]}}, got {entry!r}")
             x, y, w, h = (float(v) for v in box)
             gt_boxes[position] = [x, y, x + w, y + h]
@@ -273,7 +273,7 @@ class STVGDataset(Dataset):
             if missing:
                 raise DatasetError(self.annotations, f"[{index}] (video_id {entry.get('video_id')!r}): missing keys {', '.join(missing)}")
             count, tube_start, boxes = entry["frame_count"], entry["tube_start_frame"], entry["trajectory"]
-            if not _is_int(count) or count < 2 or not _is_int(tube_start) or not isinstance(boxes, list):
+            if not is_json_int(count) or count < 2 or not is_json_int(tube_start) or not isinstance(boxes, list):
                 raise DatasetError(self.annotations, f"[{index}] (video_id {entry['video_id']!r}): frame_count, tube_start_frame must be integers and trajectory a list")
             key = f"{entry['video_id']}"
             trajectories[key] = {"0": {str(tube_start + k): {"bbox": box} for k, box in enumerate(boxes)}}
@@ -353,10 +353,3 @@ def _decode_from(container, stream, rate: Fraction, wanted: list[int], last_need
             break
     return frames, index
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -50,7 +50,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from sparrow_plugin.data.mevis import read_json, rle_runs
+from sparrow_plugin.data.mevis import is_json_int, read_json, rle_runs
 from sparrow_plugin.errors import DatasetError
 
 __all__ = [
@@ -102,9 +102,9 @@ def phrase_span(caption: str, position) -> tuple[int, int, str] | None:
     """``(start, end, phrase)`` of one ``token_pos`` entry, by the rules of the module
     docstring: ``caption[start:end]`` is where the phrase is marked in the answer; None when
     the entry is neither a character span nor word indices of this caption."""
-    if _is_int(position):
+    if is_json_int(position):
         position = [position]
-    if not isinstance(position, (list, tuple)) or not position or not all(_is_int(v) for v in position):
+    if not isinstance(position, (list, tuple)) or not position or not all(is_json_int(v) for v in position):
         return None
     if len(position) == 2 and 0 <= position[0] < position[1] <= len(caption):
         start, end = position
@@ -146,7 +146,7 @@ def decode_rle(rle, size: tuple[int, int]) -> np.ndarray:
     counts = rle["counts"]
     height, width = size
     if isinstance(counts, list):
-        if not all(_is_int(v) and v >= 0 for v in counts):
+        if not all(is_json_int(v) and v >= 0 for v in counts):
             raise ValueError("RLE counts must be non-negative integers")
         runs = counts
         rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
@@ -171,14 +171,10 @@ def _check_rle_shape(rle, size) -> None:
     if not isinstance(rle["counts"], (str, bytes, list)):
         raise ValueError(f"RLE counts must be a COCO string or a list of run lengths, got {type(rle['counts']).__name__}")
     given = rle["size"]
-    if not (isinstance(given, (list, tuple)) and len(given) == 2 and all(_is_int(v) and v > 0 for v in given)):
+    if not (isinstance(given, (list, tuple)) and len(given) == 2 and all(is_json_int(v) and v > 0 for v in given)):
         raise ValueError(f"RLE size must be [H, W], got {given!r}")
     if list(given) != list(size):
         raise ValueError(f"RLE size {list(given)} differs from the video's [height, width] {list(size)}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class VideoGCGDataset(Dataset):
@@ -251,7 +247,7 @@ class VideoGCGDataset(Dataset):
             if not isinstance(raw, dict) or "id" not in raw or "segmentations" not in raw:
                 raise DatasetError(self.path, f"annotation #{position}: expected an object with 'id' and 'segmentations'")
             anno_id = raw["id"]
-            if not _is_int(anno_id) or not isinstance(raw["segmentations"], list):
+            if not is_json_int(anno_id) or not isinstance(raw["segmentations"], list):
                 raise DatasetError(self.path, f"annotation {anno_id!r}: 'id' must be an integer and 'segmentations' a list (one RLE or null per frame)")
             segmentations[anno_id] = raw["segmentations"]
         return segmentations
@@ -266,7 +262,7 @@ class VideoGCGDataset(Dataset):
         names, width, height = raw["file_names"], raw["width"], raw["height"]
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise DatasetError(self.path, f"{where}: 'file_names' must be a non-empty list of frame paths")
-        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+        if not (is_json_int(width) and is_json_int(height) and width > 0 and height > 0):
             raise DatasetError(self.path, f"{where}: 'width' and 'height' must be positive integers, got {width!r} and {height!r}")
         if "length" in raw and raw["length"] != len(names):
             raise DatasetError(self.path, f"{where}: 'length' is {raw['length']!r} but 'file_names' lists {len(names)} frames")
@@ -293,8 +289,8 @@ class VideoGCGDataset(Dataset):
                     f"{where}: token_pos[{k}] = {position_k!r} is neither a character span [start, end] of the caption "
                     f"({len(caption)} characters) nor word indices into its {len(caption.split())} words",
                 )
-            ids = [ids_k] if _is_int(ids_k) else ids_k
-            if not isinstance(ids, list) or not ids or not all(_is_int(v) for v in ids):
+            ids = [ids_k] if is_json_int(ids_k) else ids_k
+            if not isinstance(ids, list) or not ids or not all(is_json_int(v) for v in ids):
                 raise DatasetError(self.path, f"{where}: mask_id[{k}] must be an annotation id or a non-empty list of them, got {ids_k!r}")
             for anno_id in ids:
                 self._check_annotation(anno_id, where, len(names), size)
