@@ -53,7 +53,7 @@ def main() -> None:
         states = generation.token_states[:, 0]
         tokens, queries = model.seg_adapter(states), model.query_embedding(states, "seg")
         features = model.decoder.encode(batch.frames)
-        proposals = model.box_grounding.proposals(batch.frames, features, clips, frame0)
+        proposals = model.box_grounding.proposals(features, clips, frame0)
         levels = model.box_grounding.levels(features, clips, frame0, model.decoder.sam.no_mem_embed)
         kept = model.box_grounding.filter(queries, proposals, levels)
         boxes = torch.stack([proposals.boxes[i][kept.logits[i].argmax()] for i in range(len(batch))])
@@ -61,7 +61,7 @@ def main() -> None:
             "host: encode + answer (one prefill)": lambda: model.host.generate(model.host.build_inputs(model.encode(batch), batch.queries, None), max_new_tokens=model.config.max_new_tokens),
             "SAM2 image features, every frame": lambda: model.decoder.encode(batch.frames),
             "decode: [SEG] prompt, one object": lambda: model.decoder.decode(features, tokens, clip_index=clips),
-            "proposer, one frame": lambda: model.box_grounding.proposals(batch.frames, features, clips, frame0),
+            "proposer, one frame": lambda: model.box_grounding.proposals(features, clips, frame0),
             "filtration head, one frame": lambda: model.box_grounding.filter(queries, proposals, levels),
             "decode: box + [SEG], one extra object": lambda: model.decoder.decode(features, tokens, clip_index=clips, boxes=boxes[:, None] * model.decoder.image_size),
         }

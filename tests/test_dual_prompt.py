@@ -90,7 +90,7 @@ def test_cond_frame_best_prompts_the_frame_with_the_most_confident_box(releases,
     confidence = []
     for frame in candidates:
         at = torch.full_like(clips, frame)
-        filtered = model.box_grounding.filter(queries, model.box_grounding.proposals(frames, features, clips, at),
+        filtered = model.box_grounding.filter(queries, model.box_grounding.proposals(features, clips, at),
                                               model.box_grounding.levels(features, clips, at, model.decoder.sam.no_mem_embed))
         confidence.append(filtered.logits.sigmoid().max(-1).values)
     expected = [candidates[i] for i in torch.stack(confidence).argmax(0).tolist()]

@@ -465,17 +465,46 @@ class ImageFeatures:
         sizes: per level, (h, w).
         rows: (B, T) long, the row of (clip, frame) in ``levels``; -1 where the frame
             was not encoded (a clip without grounding tokens, a frame outside the window).
+        images: the encoded (B, T, 3, S, S) frames, in [0, 1] (the proposer's own image
+            encoder reads them, with ``box.features: separate``), or None.
+
+    Readers go through :meth:`select`, :meth:`frame_maps` and :meth:`frames`, so that
+    features computed on demand (``decoder.streaming.StreamedImageFeatures``, for long
+    videos) serve every reader alike.
     """
 
     levels: list[torch.Tensor]
     positions: list[torch.Tensor]
     sizes: list[tuple[int, int]]
     rows: torch.Tensor
+    images: torch.Tensor | None = None
+
+    # (frames decoded at once in ``per_frame`` mode; None: all of them, as held in memory)
+    chunk_frames = None
+
+    @property
+    def num_frames(self) -> int:
+        return self.rows.shape[1]
+
+    def select(self, rows: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level, the (h*w, N, C) features and positional encodings of N rows."""
+        return [f[:, rows] for f in self.levels], [p[:, rows] for p in self.positions]
 
     def maps(self, level: int = -1) -> torch.Tensor:
         """(R, C, h, w) feature maps of one level (the last is the lowest resolution)."""
         height, width = self.sizes[level]
         return self.levels[level].permute(1, 2, 0).reshape(-1, self.levels[level].shape[-1], height, width)
+
+    def frame_maps(self, level: int, rows: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) feature maps of one level of N rows (a view's rows, as ``maps``
+        lays them out: the convolutions reading them see the same memory layout)."""
+        return self.maps(level)[rows]
+
+    def frames(self, clips: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) the encoded images of (clips[n], frame_ids[n])."""
+        if self.images is None:
+            raise ValueError("these features were computed without keeping their images")
+        return self.images[clips, frame_ids]
 
 
 @dataclass

@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +36,14 @@ from sparrow_plugin.errors import ConfigError, SparrowError, SparrowWarning
 from sparrow_plugin.frames import resize_frames, uniform_frames
 from sparrow_plugin.grounding.box_grounding import BoxGrounding
 from sparrow_plugin.grounding.filtration import filtration_losses, filtration_targets, top1_hit_rate
-from sparrow_plugin.interfaces import EmbedEdit, Prediction, VideoBatch, VisualFeatures
+from sparrow_plugin.interfaces import EmbedEdit, ImageFeatures, Prediction, VideoBatch, VisualFeatures
 from sparrow_plugin.losses import causal_lm_loss, mask_bce_loss, mask_dice_loss, presence_loss
 from sparrow_plugin.modules import PromptProjection
 from sparrow_plugin.tsf.inject import RoIRegionEncoder, roi_tsf_features, tsf_features
 from sparrow_plugin.tsf.trackers import mask_track
 from sparrow_plugin.tsf.tracks import Track, read_box_file
 
-__all__ = ["SparrowModel", "GROUNDING_ROLES"]
+__all__ = ["SparrowModel", "GROUNDING_ROLES", "Answers", "ObjectPlan"]
 
 GROUNDING_ROLES = ("box", "seg")  # the roles an answer's tokens can play; <TSF> only sits in prompts
 
@@ -312,7 +313,7 @@ class SparrowModel(nn.Module):
         wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
         wanted[rows, cond] = True
         features = self.decoder.encode(batch.frames, wanted)
-        proposals = self.box_grounding.proposals(batch.frames, features, rows, cond)
+        proposals = self.box_grounding.proposals(features, rows, cond)
         levels = self.box_grounding.levels(features, rows, cond, self.decoder.sam.no_mem_embed)
         filtered = self.box_grounding.filter(tokens, proposals, levels)
         object_boxes = [_boxes_on(batch, row, frame) for row, frame in zip(rows.tolist(), cond.tolist())]
@@ -389,46 +390,53 @@ class SparrowModel(nn.Module):
                 raise ConfigError("tsf.infer 'dataset' reads each evaluation sample's track: give the data module tsf_eval_tracks (annotation, or a cache folder built for the split)")
             return self._predict(batch, host_tracks=batch.tsf)
         if self.config.tsf.infer == "box_file":
-            return self._predict(batch, [self._box_file_track(batch, b) for b in range(len(batch))])
+            return self._predict(batch, [self.box_file_track(batch.keys[b][0], len(batch.frame_names[b]), batch.original_sizes[b]) for b in range(len(batch))])
         return self._predict(batch, [_track_of(prediction, batch, b) for b, prediction in enumerate(self._predict(batch))])
 
     def _predict(self, batch: VideoBatch, tracks: list[Track] | None = None, host_tracks: list[Track] | None = None) -> list[Prediction]:
         """:meth:`predict` with TSF from the given tracks, over the clip's frames or already
         on the host's frames (neither: no TSF)."""
         frames, indices = self.host_frames(batch)
+        answers = self.answer(batch.queries, frames, indices, tracks, host_tracks)
+        num_frames = batch.frames.shape[1]
+        plan = ObjectPlan.empty(len(batch), self.inference_cond_frame(num_frames) if self.config.decoder.cond_frame != "best" else 0)
+        collected = _CollectedObjects()
+        if answers.seg_rows.numel():
+            wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
+            wanted[answers.seg_rows] = True
+            features = self.decoder.encode(batch.frames, wanted)
+            plan = self.plan_objects(answers, features)
+            for decoded in self.decoded_objects(features, plan):
+                collected.add(*decoded)
+        objects = collected.objects(plan)
+        return [self._prediction(batch, b, answers.generation, answers.rows, answers.roles, objects[b], plan.cond_frames[b]) for b in range(len(batch))]
+
+    def answer(self, queries: list[str], frames: torch.Tensor, indices: torch.Tensor, tracks: list[Track] | None = None, host_tracks: list[Track] | None = None) -> "Answers":
+        """The host's answers to ``queries`` on its frames (B, T_h, 3, h, w) at clip
+        positions ``indices`` (B, T_h): one prefill each, cached decoding, and the grounding
+        tokens' states in SAM2's prompt space (TSF from ``tracks`` over the clip, or
+        ``host_tracks`` on the host's frames)."""
         visual = self.host.encode_video(frames, indices.to(frames.device))
         if tracks is not None:
             host_tracks = [track.on(i) for track, i in zip(tracks, indices.cpu().tolist())]
         edits = []
         if host_tracks is not None:
             edits = [EmbedEdit(self.role_ids["tsf"], self._tsf_values(frames, indices, visual, host_tracks))]
-        prompt = self.host.build_inputs(visual, batch.queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
-        self._check_context(prompt, batch.queries)
+        prompt = self.host.build_inputs(visual, queries, None, num_tsf_tokens=self.config.tsf.select.k if edits else 0)
+        self._check_context(prompt, queries)
         generation = self.host.generate(prompt, edits=edits, max_new_tokens=self.config.max_new_tokens)
         rows, columns, roles = self.grounding_tokens(generation.new_ids, generation.new_mask)
         is_seg = roles == GROUNDING_ROLES.index("seg")
         seg_rows, seg_columns = rows[is_seg], columns[is_seg]
-        objects = [[] for _ in range(len(batch))]
-        cond_frames = [self.inference_cond_frame(batch.frames.shape[1]) if self.config.decoder.cond_frame != "best" else 0] * len(batch)
-        if seg_rows.numel():
-            wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
-            wanted[seg_rows] = True
-            features = self.decoder.encode(batch.frames, wanted)
-            seg_tokens = self.seg_adapter(generation.token_states[seg_rows, seg_columns])
-            if self.config.prompt == "seg" or self.box_grounding is None:
-                decoded = self.decoder.decode(features, seg_tokens, clip_index=seg_rows, cond_frame=cond_frames[0])
-                for logits, scores, row in zip(decoded.mask_logits, decoded.object_logits, seg_rows.tolist()):
-                    objects[row].append(_Object(logits, scores))
-            else:
-                query_rows, query_columns, query_roles = self._queries(rows, columns, roles, seg_rows, seg_columns)
-                queries = torch.stack([
-                    self.query_embedding(generation.token_states[r, c][None], GROUNDING_ROLES[role])[0]
-                    for r, c, role in zip(query_rows.tolist(), query_columns.tolist(), query_roles.tolist())
-                ])
-                for row, obj, cond in self._segment_with_boxes(batch, features, seg_rows, seg_tokens, queries):
-                    objects[row].append(obj)
-                    cond_frames[row] = cond
-        return [self._prediction(batch, b, generation, rows, roles, objects[b], cond_frames[b]) for b in range(len(batch))]
+        seg_tokens = self.seg_adapter(generation.token_states[seg_rows, seg_columns]) if seg_rows.numel() else None
+        queries_of_seg = None
+        if seg_rows.numel() and self.config.prompt != "seg" and self.box_grounding is not None:
+            query_rows, query_columns, query_roles = self._queries(rows, columns, roles, seg_rows, seg_columns)
+            queries_of_seg = torch.stack([
+                self.query_embedding(generation.token_states[r, c][None], GROUNDING_ROLES[role])[0]
+                for r, c, role in zip(query_rows.tolist(), query_columns.tolist(), query_roles.tolist())
+            ])
+        return Answers(generation, rows, roles, seg_rows, seg_tokens, queries_of_seg)
 
     def _queries(self, rows, columns, roles, seg_rows, seg_columns):
         """For each [SEG], the token the filtration head reads: with ``box.query: box``
@@ -443,49 +451,92 @@ class SparrowModel(nn.Module):
                     query_columns[i], query_roles[i] = before.max(), box_role
         return seg_rows, query_columns, query_roles
 
-    def _segment_with_boxes(self, batch: VideoBatch, features, seg_rows, seg_tokens, queries):
-        """Objects of the [SEG] tokens prompted with kept boxes: yields (row, object, the
-        frame it was prompted on).
+    def plan_objects(self, answers: "Answers", features: ImageFeatures) -> "ObjectPlan":
+        """The SAM2 objects that segment what the answers' [SEG] tokens refer to.
 
-        ``track``: the boxes kept on the prompted frame (``cond_frame``; ``best``: the
-        candidate frame whose best kept box is most confident), one object each, carried by
-        SAM2's memory. ``per_frame``: boxes kept on every frame, each frame decoded alone;
-        ``box.objects: max_pool`` (the authors'): the prompted frame's boxes on every frame.
+        ``prompt: seg``: one object per [SEG], prompted with it. With boxes, the filtration
+        head's kept boxes: ``track``: the boxes kept on the prompted frame (``cond_frame``;
+        ``best``: the candidate frame whose best kept box is most confident), one object
+        each, carried by SAM2's memory; ``box.objects: max_pool`` (the authors'): one
+        object per [SEG], the max of its boxes' masks. ``per_frame``: the prompted frame's
+        boxes on every frame, or (``per_box``) boxes kept on every frame, each frame
+        decoded alone. Nothing kept: the [SEG] token alone (``box.fallback: seg``, with
+        ``box+seg``), or no object.
         """
-        num_frames, size = batch.frames.shape[1], self.decoder.image_size
+        num_frames = features.num_frames
+        plan = ObjectPlan.empty(len(answers.generation.texts), self.inference_cond_frame(num_frames) if self.config.decoder.cond_frame != "best" else 0)
+        seg_rows, seg_tokens = answers.seg_rows.tolist(), answers.seg_tokens
+        if self.config.prompt == "seg" or self.box_grounding is None:
+            for g, row in enumerate(seg_rows):  # decoded side by side, as one batch
+                plan.add(row, 0, _Prompt(clip=row, token=seg_tokens[g], cond=plan.cond_frames[row]))
+            return plan
         candidates = uniform_frames(num_frames, self.config.decoder.best_of) if self.config.decoder.cond_frame == "best" else [self.inference_cond_frame(num_frames)]
-        choices = [self._keep_boxes(batch, features, seg_rows, queries, frame) for frame in dict.fromkeys(candidates)]
+        choices = [self._keep_boxes(features, answers.seg_rows, answers.queries, frame) for frame in dict.fromkeys(candidates)]
         best = torch.stack([choice.confidence for choice in choices]).argmax(0)  # (G,) per [SEG]
         each_frame = self.config.decoder.mode == "per_frame" and self.config.box.objects == "per_box"
         with_token = self.config.prompt == "box+seg"
-        for g, row in enumerate(seg_rows.tolist()):
+        size = self.decoder.image_size
+        for g, row in enumerate(seg_rows):
             choice = choices[int(best[g])]
-            if each_frame:  # the box is the prompted frame's best, for the record (hit@1)
-                masks = self._decode_on_each_frame(batch, features, row, seg_tokens[g], queries[g], with_token)
-                best_box = choice.scores[g].argmax() if len(choice.scores[g]) else None
-                box, score = (choice.boxes[g][best_box], choice.scores[g][best_box]) if best_box is not None else (None, None)
-                yield row, masks._replace(box=box, box_score=score), choice.frame
-                continue
+            plan.cond_frames[row] = choice.frame
+            token = seg_tokens[g] if with_token else None
             boxes, scores = choice.boxes[g], choice.scores[g]
-            re_anchoring = {}
-            if self.config.decoder.re_anchoring:
-                re_anchoring = {"re_anchor": self._re_anchor(batch, features, seg_rows[g : g + 1], queries[g : g + 1])}
-            if not len(boxes):  # nothing kept: the [SEG] token alone (fallback seg), or an empty mask
+            if each_frame:  # the box is the prompted frame's best, for the record (hit@1)
+                best_box = scores.argmax() if len(scores) else None
+                box, score = (boxes[best_box], scores[best_box]) if best_box is not None else (None, None)
+                plan.add(row, g, _Prompt(clip=row, token=token, each_frame_query=answers.queries[g]), box=box, box_score=score)
+                continue
+            re_anchor = self._re_anchor(features, answers.seg_rows[g : g + 1], answers.queries[g : g + 1]) if self.config.decoder.re_anchoring else None
+            if not len(boxes):
                 if with_token and self.config.box.fallback == "seg":
-                    decoded = self.decoder.decode(features, seg_tokens[g : g + 1], clip_index=seg_rows[g : g + 1], cond_frame=choice.frame, **re_anchoring)
-                    yield row, _Object(decoded.mask_logits[0], decoded.object_logits[0], prompted_frames=decoded.prompted_frames[0]), choice.frame
+                    plan.add(row, g, _Prompt(clip=row, token=token, cond=choice.frame, re_anchor=re_anchor))
                 continue
-            tokens = seg_tokens[g : g + 1].expand(len(boxes), -1, -1) if with_token else None
-            decoded = self.decoder.decode(
-                features, tokens, clip_index=seg_rows[g : g + 1].expand(len(boxes)), boxes=boxes[:, None] * size, cond_frame=choice.frame, **re_anchoring
-            )
             if self.config.box.objects == "max_pool":  # the authors': one object per token
-                yield row, _Object(decoded.mask_logits.max(0).values, decoded.object_logits.max(0).values, boxes[0], scores[0]), choice.frame
+                plan.add(row, g, *[_Prompt(clip=row, token=token, box=b * size, cond=choice.frame, re_anchor=re_anchor) for b in boxes], box=boxes[0], box_score=scores[0])
                 continue
-            for logits, object_scores, box, score, prompted in zip(decoded.mask_logits, decoded.object_logits, boxes, scores, decoded.prompted_frames):
-                yield row, _Object(logits, object_scores, box, score, prompted), choice.frame
+            for b, score in zip(boxes, scores):
+                plan.add(row, g, _Prompt(clip=row, token=token, box=b * size, cond=choice.frame, re_anchor=re_anchor), box=b, box_score=score)
+        return plan
 
-    def _re_anchor(self, batch: VideoBatch, features, seg_row, query):
+    def decoded_objects(self, features: ImageFeatures, plan: "ObjectPlan") -> Iterator[tuple[int, int, int, torch.Tensor, torch.Tensor]]:
+        """Decode every object of ``plan`` on every frame of ``features``, yielding each
+        frame's masks as computed: ``(sample, its object, frame, (S, S) logits, object
+        logit)`` (a max-pooled object once all its prompts are); records each prompt's
+        prompted frames in the plan.
+
+        Prompts of one kind (token, box, both) are decoded in one call, batched by
+        ``plan.groups`` (each [SEG]'s objects together, as when each is decoded alone),
+        so that a frame's features are read once for all of them."""
+        kinds: dict[tuple, list[int]] = {}
+        for i, prompt in enumerate(plan.prompts):
+            if prompt.each_frame_query is None:
+                kinds.setdefault((prompt.token is not None, prompt.box is not None), []).append(i)
+        pooled = _Pooling(plan)
+        device = features.rows.device
+        for (has_token, has_box), members in kinds.items():
+            prompts = [plan.prompts[i] for i in members]
+            anchors = [p.re_anchor for p in prompts]
+            re_anchor = None
+            if any(a is not None for a in anchors):
+                re_anchor = lambda n, *seen: anchors[n](0, *seen) if anchors[n] is not None else None  # noqa: E731
+            prompted = yield from pooled.objects(members, self.decoder.decode_frames(
+                features,
+                torch.stack([p.token for p in prompts]) if has_token else None,
+                clip_index=torch.tensor([p.clip for p in prompts], device=device),
+                boxes=torch.stack([p.box for p in prompts])[:, None] if has_box else None,
+                cond_frame=torch.tensor([p.cond for p in prompts], device=device),
+                re_anchor=re_anchor,
+                groups=torch.tensor([plan.groups[i] for i in members], device=device),
+            ))
+            for i, frames in zip(members, prompted):
+                plan.prompted[i] = frames
+        each_frame = [i for i, prompt in enumerate(plan.prompts) if prompt.each_frame_query is not None]
+        if each_frame:
+            prompted = yield from pooled.objects(each_frame, self._decode_on_each_frame(features, plan, each_frame))
+            for i, frames in zip(each_frame, prompted):
+                plan.prompted[i] = frames
+
+    def _re_anchor(self, features, seg_row, query):
         """The decoder's re-anchoring callback for one [SEG] (``decoder.re_anchor``,
         ``decoder.re_anchor_drift``): on a frame where one of its objects is lost (presence
         logit below ``re_anchor``, or an empty mask), the confident kept box (above the
@@ -499,7 +550,7 @@ class SparrowModel(nn.Module):
 
         def confident_boxes(frame: int) -> tuple[torch.Tensor, torch.Tensor]:
             if frame not in found:
-                kept = self._keep_boxes(batch, features, seg_row, query, frame)
+                kept = self._keep_boxes(features, seg_row, query, frame)
                 confident = kept.scores[0] >= threshold
                 found[frame] = (kept.boxes[0][confident] * size, kept.scores[0][confident])
             return found[frame]
@@ -522,10 +573,10 @@ class SparrowModel(nn.Module):
 
         return box_for
 
-    def _keep_boxes(self, batch: VideoBatch, features, seg_rows, queries, frame: int) -> "_Kept":
+    def _keep_boxes(self, features, seg_rows, queries, frame: int) -> "_Kept":
         """The filtration head's kept boxes of every [SEG]'s query on one frame."""
         frames = torch.full_like(seg_rows, frame)
-        proposals = self.box_grounding.proposals(batch.frames, features, seg_rows, frames)
+        proposals = self.box_grounding.proposals(features, seg_rows, frames)
         levels = self.box_grounding.levels(features, seg_rows, frames, self.decoder.sam.no_mem_embed)
         filtered = self.box_grounding.filter(queries, proposals, levels)
         probabilities = filtered.logits.sigmoid()
@@ -539,28 +590,29 @@ class SparrowModel(nn.Module):
             confidence=probabilities.max(-1).values,
         )
 
-    def _decode_on_each_frame(self, batch: VideoBatch, features, row: int, seg_token, query, with_token: bool) -> "_Object":
-        """One [SEG] in ``per_frame`` mode with boxes kept on every frame: each frame decoded
-        with its own boxes, the masks of a frame max-pooled."""
-        device, size = batch.frames.device, self.decoder.image_size
-        logits, scores = [], []
-        for frame in range(batch.frames.shape[1]):
-            boxes = self._keep_boxes(batch, features, torch.tensor([row], device=device), query[None], frame).boxes[0]
-            if not len(boxes) and not (with_token and self.config.box.fallback == "seg"):  # nothing kept: an empty mask
-                logits.append(torch.full((size, size), NO_OBJ_SCORE, device=device))
-                scores.append(torch.tensor(NO_OBJ_SCORE, device=device))
-                continue
-            count = max(len(boxes), 1)
-            decoded = self.decoder.decode(
-                features,
-                seg_token[None].expand(count, -1, -1) if with_token else None,
-                clip_index=torch.full((count,), row, device=device),
-                boxes=boxes[:, None] * size if len(boxes) else None,
-                frame_ids=torch.full((count, 1), frame, device=device),
-            )
-            logits.append(decoded.mask_logits[:, 0].max(0).values)
-            scores.append(decoded.object_logits[:, 0].max(0).values)
-        return _Object(torch.stack(logits), torch.stack(scores), prompted_frames=list(range(batch.frames.shape[1])))
+    def _decode_on_each_frame(self, features, plan: "ObjectPlan", objects: list[int]):
+        """[SEG]s in ``per_frame`` mode with boxes kept on every frame: each frame decoded
+        with its own boxes, the masks of a frame max-pooled; frame by frame, so that a
+        frame's features serve every object."""
+        device, size = features.rows.device, self.decoder.image_size
+        with_token = self.config.prompt == "box+seg"
+        for frame in range(features.num_frames):
+            for i in objects:
+                prompt = plan.prompts[i]
+                boxes = self._keep_boxes(features, torch.tensor([prompt.clip], device=device), prompt.each_frame_query[None], frame).boxes[0]
+                if not len(boxes) and not (with_token and self.config.box.fallback == "seg"):  # nothing kept: an empty mask
+                    yield [objects.index(i)], frame, torch.full((1, size, size), NO_OBJ_SCORE, device=device), torch.full((1,), NO_OBJ_SCORE, device=device)
+                    continue
+                count = max(len(boxes), 1)
+                decoded = self.decoder.decode(
+                    features,
+                    prompt.token[None].expand(count, -1, -1) if with_token else None,
+                    clip_index=torch.full((count,), prompt.clip, device=device),
+                    boxes=boxes[:, None] * size if len(boxes) else None,
+                    frame_ids=torch.full((count, 1), frame, device=device),
+                )
+                yield [objects.index(i)], frame, decoded.mask_logits[:, 0].max(0).values[None], decoded.object_logits[:, 0].max(0).values[None]
+        return [list(range(features.num_frames))] * len(objects)
 
     def _prediction(self, batch: VideoBatch, b: int, generation, rows, roles, objects: list["_Object"], cond_frame: int) -> Prediction:
         height, width = batch.original_sizes[b]
@@ -651,13 +703,11 @@ class SparrowModel(nn.Module):
         indices = batch.frame_indices[:, picked.cpu()] if batch.frame_indices is not None else picked.expand(len(batch), -1)
         return frames, indices
 
-    def _box_file_track(self, batch: VideoBatch, b: int) -> Track:
-        """Sample b's track from its video's box file (``tsf.box_files``), over the clip."""
-        video = batch.keys[b][0]
+    def box_file_track(self, video: str, num_frames: int, size: tuple[int, int]) -> Track:
+        """A video's track from its box file (``tsf.box_files``), over its frames; ``size``: (H, W)."""
         template = self.config.tsf.box_files
         path = Path(template.format(video=video)) if "{video}" in template else Path(template) / f"{video}.txt"
-        height, width = batch.original_sizes[b]
-        return read_box_file(path, num_frames=len(batch.frame_names[b]), width=width, height=height)
+        return read_box_file(path, num_frames=num_frames, width=size[1], height=size[0])
 
     def grounding_tokens(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every grounding token in ``ids`` (B, L), in reading order: (rows, positions,
@@ -676,6 +726,144 @@ class SparrowModel(nn.Module):
         if bool((positions + self.host.grounding_offset < 0).any()):
             raise ValueError(f"a {role} token at the start of a sequence has no predicting position")
         return rows, positions
+
+
+class Answers(NamedTuple):
+    """The host's answers to a batch of queries (:meth:`SparrowModel.answer`): the
+    generation, its grounding tokens (rows and roles, in reading order), and per [SEG] its
+    sample (``seg_rows``), its (G, P, C) prompt tokens and, with boxes, the filtration
+    head's (G, C) queries."""
+
+    generation: object
+    rows: torch.Tensor
+    roles: torch.Tensor
+    seg_rows: torch.Tensor
+    seg_tokens: torch.Tensor | None
+    queries: torch.Tensor | None
+
+
+class _Prompt(NamedTuple):
+    """One SAM2 object to decode: in clip ``clip`` of the features, prompted with its
+    [SEG]'s (P, C) token and/or a (4,) xyxy box in pixels at the decoder's size, on frame
+    ``cond``, with the re-anchoring callback of its [SEG] (:data:`ReAnchor` of object 0);
+    ``each_frame_query``: its boxes are kept anew on every frame by this query instead."""
+
+    clip: int
+    token: torch.Tensor | None = None
+    box: torch.Tensor | None = None
+    cond: int = 0
+    re_anchor: object = None
+    each_frame_query: torch.Tensor | None = None
+
+
+class _Slot(NamedTuple):
+    """One object of a prediction: its prompts (several when max-pooled), the kept box
+    (normalised xyxy) and its score, for the record."""
+
+    prompts: list[int]
+    box: torch.Tensor | None
+    box_score: torch.Tensor | None
+
+
+@dataclass
+class ObjectPlan:
+    """What SAM2 decodes for a set of answers (:meth:`SparrowModel.plan_objects`): per
+    sample its prompted frame and its objects (``slots``), each made of prompts.
+
+    Attributes:
+        cond_frames: per sample, the frame SAM2 is prompted on.
+        slots: per sample, its objects in order.
+        prompts: every SAM2 object to decode, with ``owners`` (sample, object) and
+            ``groups`` (prompts of different groups are never batched together).
+        prompted: per prompt, the frames it was prompted on, once decoded.
+    """
+
+    cond_frames: list[int]
+    slots: list[list[_Slot]]
+    prompts: list[_Prompt] = field(default_factory=list)
+    owners: list[tuple[int, int]] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    prompted: list[list[int] | None] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, num_samples: int, cond_frame: int) -> "ObjectPlan":
+        return cls([cond_frame] * num_samples, [[] for _ in range(num_samples)])
+
+    def add(self, row: int, group: int, *prompts: _Prompt, box=None, box_score=None) -> None:
+        """One object of sample ``row``, the max of these prompts' masks."""
+        slot = len(self.slots[row])
+        self.slots[row].append(_Slot(list(range(len(self.prompts), len(self.prompts) + len(prompts))), box, box_score))
+        self.prompts += prompts
+        self.owners += [(row, slot)] * len(prompts)
+        self.groups += [group] * len(prompts)
+        self.prompted += [None] * len(prompts)
+
+    def extend(self, other: "ObjectPlan", group_offset: int) -> None:
+        """``other``'s samples after this plan's, its groups apart from this plan's."""
+        offset, first = len(self.slots), len(self.prompts)
+        self.cond_frames += other.cond_frames
+        self.slots += [[slot._replace(prompts=[first + i for i in slot.prompts]) for slot in slots] for slots in other.slots]
+        self.prompts += other.prompts
+        self.owners += [(row + offset, slot) for row, slot in other.owners]
+        self.groups += [group + group_offset for group in other.groups]
+        self.prompted += other.prompted
+
+    def prompted_frames(self, row: int, slot: int) -> list[int]:
+        """The frames object ``slot`` of sample ``row`` was prompted on (its prompts' together)."""
+        frames = {f for i in self.slots[row][slot].prompts for f in (self.prompted[i] or [self.cond_frames[row]])}
+        return sorted(frames)
+
+
+class _Pooling:
+    """Decoded prompts as the plan's objects: a max-pooled object's prompts, decoded side
+    by side, become the max of their masks."""
+
+    def __init__(self, plan: ObjectPlan):
+        self.plan = plan
+        self.waiting: dict[tuple[int, int, int], list] = {}
+
+    def objects(self, prompts: list[int], decoded):
+        """Yields (sample, object, frame, logits, object logit) from ``decoded``, the
+        decoder's frames of ``prompts``; returns what it returns."""
+        while True:
+            try:
+                members, t, logits, scores = next(decoded)
+            except StopIteration as done:
+                return done.value
+            for n, mask, score in zip(members, logits, scores):
+                row, slot = self.plan.owners[prompts[n]]
+                pooled = self.plan.slots[row][slot].prompts
+                if len(pooled) == 1:
+                    yield row, slot, t, mask, score
+                    continue
+                arrived = self.waiting.setdefault((row, slot, t), [])
+                arrived.append((mask, score))
+                if len(arrived) == len(pooled):
+                    del self.waiting[(row, slot, t)]
+                    yield row, slot, t, torch.stack([m for m, _ in arrived]).max(0).values, torch.stack([v for _, v in arrived]).max(0).values
+
+
+class _CollectedObjects:
+    """Every object's masks on every frame, kept (a batch's predictions)."""
+
+    def __init__(self):
+        self.frames: dict[tuple[int, int], dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, row: int, slot: int, t: int, logits: torch.Tensor, score: torch.Tensor) -> None:
+        self.frames.setdefault((row, slot), {})[t] = (logits, score)
+
+    def objects(self, plan: ObjectPlan) -> list[list["_Object"]]:
+        objects = []
+        for row, slots in enumerate(plan.slots):
+            objects.append([])
+            for slot, entry in enumerate(slots):
+                frames = self.frames[(row, slot)]
+                order = sorted(frames)
+                objects[row].append(_Object(
+                    torch.stack([frames[t][0] for t in order]), torch.stack([frames[t][1] for t in order]),
+                    entry.box, entry.box_score, plan.prompted_frames(row, slot),
+                ))
+        return objects
 
 
 class _Object(NamedTuple):

@@ -86,19 +86,21 @@ class BoxGrounding(nn.Module):
         return self
 
     @torch.no_grad()
-    def proposals(self, frames: torch.Tensor, features: ImageFeatures, clips: torch.Tensor, frame_ids: torch.Tensor) -> Proposals:
-        """The top proposals of N frames: (clips[n], frame_ids[n]) of ``frames`` (B, T, 3, S, S)."""
+    def proposals(self, features: ImageFeatures, clips: torch.Tensor, frame_ids: torch.Tensor) -> Proposals:
+        """The top proposals of N encoded frames: (clips[n], frame_ids[n])."""
+        self._check_encoded(features, clips, frame_ids)
         if self.separate_features is not None:
-            maps = self.separate_features(frames[clips, frame_ids])
+            maps = self.separate_features(features.frames(clips, frame_ids))
         else:
-            maps = features.maps(-1)[self._rows(features, clips, frame_ids)]
+            maps = features.frame_maps(-1, features.rows[clips, frame_ids])
         return self.proposer.propose(maps)
 
     def levels(self, features: ImageFeatures, clips: torch.Tensor, frame_ids: torch.Tensor, no_mem_embed: torch.Tensor) -> list[torch.Tensor]:
         """The RoI scorer's three feature levels of N frames, (N, C_l, h_l, w_l) each;
         ``no_mem_embed`` is the decoder's SAM2 parameter (read here, owned there)."""
-        rows = self._rows(features, clips, frame_ids)
-        maps = [features.maps(level)[rows] for level in range(len(features.levels))]
+        self._check_encoded(features, clips, frame_ids)
+        rows = features.rows[clips, frame_ids]
+        maps = [features.frame_maps(level, rows) for level in range(len(features.sizes))]
         maps[-1] = maps[-1] + no_mem_embed.view(1, -1, 1, 1)
         return maps
 
@@ -107,8 +109,6 @@ class BoxGrounding(nn.Module):
         return self.filtration(tokens, proposals.embeddings, proposals.scores, proposals.boxes, levels, max_kept=max_kept)
 
     @staticmethod
-    def _rows(features: ImageFeatures, clips: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
-        rows = features.rows[clips, frame_ids]
-        if bool((rows < 0).any()):
+    def _check_encoded(features: ImageFeatures, clips: torch.Tensor, frame_ids: torch.Tensor) -> None:
+        if bool((features.rows[clips, frame_ids] < 0).any()):
             raise ValueError("proposals were asked for frames that encode() did not compute")
-        return rows

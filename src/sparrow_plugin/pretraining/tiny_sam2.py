@@ -134,7 +134,7 @@ class TinySAM2Pretraining(L.LightningModule):
 
     def _dense_loss(self, batch: dict) -> torch.Tensor:
         sam = self.decoder.sam
-        features, _, sizes = sam.encode_frames(self.decoder._normalise(batch["image"]))
+        features, _, sizes = sam.encode_frames(self.decoder.normalise(batch["image"]))
         grid = sizes[-1][0]
         top = features[-1].permute(1, 2, 0).reshape(len(batch["image"]), -1, grid, grid)
         colour = torch.stack([patch_labels(m, c, grid) for m, c in zip(batch["masks"], batch["colours"])]).to(self.device)
