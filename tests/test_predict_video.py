@@ -97,40 +97,39 @@ def test_a_checkpoint_for_another_host_is_refused(work, clip, unipixel_checkpoin
 
 
 def test_the_writer_puts_each_object_its_box_and_presence_on_disk(clip, tmp_path):
-    """The writer on the real data module of an mp4, with a prediction of two objects: the
-    first prompted with a kept box on frame 2, the second without one."""
-    import types
+    """The writer on an mp4, with a prediction of two objects: the first prompted with a
+    kept box on frame 2, the second without one."""
+    from sparrow_plugin.video_io import VideoSource
+    from sparrow_plugin.video_predict import write_expression
 
-    import torch
-
-    from sparrow_plugin.data.video_clip import VideoClipDataModule
-    from sparrow_plugin.video_predict import VideoPredictionWriter
-
-    data = VideoClipDataModule(str(clip["mp4"]), ["the red circle"], image_size=32)
-    batch = next(iter(data.predict_dataloader()))
+    source = VideoSource(clip["mp4"])
     frames, (height, width) = clip["frames"], clip["size"]
-    objects = torch.zeros(2, frames, height, width, dtype=torch.bool)
+    objects = np.zeros((2, frames, height, width), bool)
     objects[0, :, 10:30, 20:50] = True
     objects[1, 3:, 60:70, 100:120] = True
-    record = {
-        "video": batch.keys[0][0], "exp_id": "0", "frame_names": batch.frame_names[0], "answer": "It is [BOX] [SEG].",
-        "truncated": False, "cond_frame": 2, "masks": objects.any(dim=0), "object_masks": objects,
-        "object_scores": torch.tensor([[5.0] * frames, [-5.0] * 3 + [5.0] * (frames - 3)]),
-        "boxes": torch.tensor([[15 / width, 5 / height, 55 / width, 35 / height], [float("nan")] * 4]),  # around the mask
-        "box_scores": torch.tensor([0.875, 0.1]), "prompted_frames": [[2], [2]],
-    }
-    writer = VideoPredictionWriter(str(tmp_path / "out"))
-    writer.write_on_batch_end(types.SimpleNamespace(datamodule=data), None, [record], None, batch, 0)
-    entry = json.loads((tmp_path / "out" / "0" / "prediction.json").read_text())
+    folder = tmp_path / "out" / "0"
+    for j, masks in enumerate(objects):  # as the predictor writes them while tracking
+        (folder / f"object_{j}").mkdir(parents=True)
+        for name, mask in zip(source.names, masks):
+            Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"object_{j}" / f"{name}.png")
+    low, high = float(1 / (1 + np.exp(5.0))), float(1 / (1 + np.exp(-5.0)))
+    write_expression(
+        source, folder, "0", "the red circle", "It is [BOX] [SEG].", False, 2,
+        boxes=[[15.0, 5.0, 55.0, 35.0], None], box_scores=[0.875, None], prompted=[[2], [2]],
+        presence=[[high] * frames, [low] * 3 + [high] * (frames - 3)],
+    )
+    entry = json.loads((folder / "prediction.json").read_text())
     first, second = entry["objects"]
     assert first["box"] == [15.0, 5.0, 55.0, 35.0] and first["box_score"] == 0.875 and first["prompted_frames"] == ["00002"]
     assert second["box"] is None and second["box_score"] is None
-    assert second["presence"][:3] == [round(float(torch.sigmoid(torch.tensor(-5.0))), 4)] * 3 and second["presence"][3] > 0.99
-    union = np.array(Image.open(tmp_path / "out" / "0" / "mask" / "00004.png"))
-    alone = np.array(Image.open(tmp_path / "out" / "0" / "object_1" / "00004.png"))
+    assert second["presence"][:3] == [round(low, 4)] * 3 and second["presence"][3] > 0.99
+    assert entry["prompted_frame"] == "00002" and entry["frames"] == frames
+    union = np.array(Image.open(folder / "mask" / "00004.png"))
+    alone = np.array(Image.open(folder / "object_1" / "00004.png"))
     assert (union == 255).sum() == 20 * 30 + 10 * 20 and (alone == 255).sum() == 10 * 20
-    with av.open(str(tmp_path / "out" / "0" / "overlay.mp4")) as container:
+    with av.open(str(folder / "overlay.mp4")) as container:
         decoded = [frame.to_ndarray(format="rgb24").astype(int) for frame in container.decode(video=0)]
+    assert len(decoded) == frames
     band = decoded[0].shape[0] - height
     # the box is drawn on the prompted frame only: its top edge differs from frame 1's
     edge = (slice(band + 5, band + 7), slice(17, 53))

@@ -266,47 +266,65 @@ def _tsf_command(argv: list[str]) -> None:
     print(f"{count} tracks of {Path(data['root']) / split} in {args.out}")
 
 
-def _predict_video_command(argv: list[str]):
-    """``sparrow predict VIDEO "expression" ...``: the Lightning predict subcommand on a
-    :class:`~sparrow_plugin.data.video_clip.VideoClipDataModule` in place of the recipe's
-    data, writing with :class:`~sparrow_plugin.video_predict.VideoPredictionWriter`."""
-    from sparrow_plugin.recipes import read_recipe
+def _predict_video_command(argv: list[str]) -> None:
+    """``sparrow predict VIDEO "expression" ...``: :class:`~sparrow_plugin.predictor.SparrowPredictor`
+    on the recipe's model and the checkpoint, writing what :mod:`sparrow_plugin.video_predict`
+    describes, in memory that does not grow with the video's length."""
+    import yaml
+
+    from sparrow_plugin.recipes import merged_recipe
+    from sparrow_plugin.video_io import probe_video
 
     parser = _Parser(
         prog="sparrow predict VIDEO",
         description="segment what an expression refers to in your own video: masks, an overlay video and a JSON",
-        epilog="other --key value settings go to the recipe, as with sparrow predict --config (e.g. --trainer.accelerator gpu)",
+        epilog="model settings as with sparrow fit: --model.init_args.config.decoder.mode track (the checkpoint is refused "
+        "when they change what it was trained as)",
     )
     parser.add_argument("video", help="a video file (mp4, webm, mov, ...: what PyAV decodes) or a folder of frames")
     parser.add_argument("expression", nargs="?", help="what to segment")
-    parser.add_argument("--expression", dest="more", action="append", default=[], help="another expression (repeatable); the video is decoded once")
+    parser.add_argument("--expression", dest="more", action="append", default=[], help="another expression (repeatable); all are tracked in one pass")
     parser.add_argument("--config", action="append", required=True, help="the recipe the checkpoint was trained with; repeatable")
-    parser.add_argument("--ckpt_path", default=None, help="the trained checkpoint")
+    parser.add_argument("--ckpt_path", required=True, help="the trained checkpoint")
     parser.add_argument("--out", required=True, help="the output folder")
     parser.add_argument("--fps", type=float, default=None, help="frames per second for SAM2 (default: every frame)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: the recipe's trainer.accelerator; cuda when it says gpu or auto and one is there)")
+    parser.add_argument("--precision", default=None, help="32, bf16-mixed or 16-mixed (default: the recipe's trainer.precision)")
+    parser.add_argument("--cache_frames", type=int, default=16, help="frames whose SAM2 features are kept at a time")
+    parser.add_argument("--offload_features", action="store_true", help="keep those features on the CPU (long videos on a small GPU)")
     args, rest = parser.parse_known_args(argv)
     expressions = ([args.expression] if args.expression else []) + args.more
     if not expressions:
         raise SparrowError("sparrow predict VIDEO: give an expression (sparrow predict VIDEO \"the red car\" --config ... --out DIR)")
-    image_size = 1024  # the data module's default; a recipe's own decides
-    for path in args.config:
-        image_size = ((read_recipe(Path(path)).get("data") or {}).get("init_args") or {}).get("image_size", image_size)
-    lightning_args = ["predict", *(a for c in args.config for a in ("--config", c))]
-    lightning_args += [
-        "--data", "sparrow_plugin.data.video_clip.VideoClipDataModule",
-        "--data.init_args.video", args.video,
-        "--data.init_args.expressions", json.dumps(expressions),
-        "--data.init_args.image_size", str(image_size),
-        "--trainer.callbacks+=sparrow_plugin.video_predict.VideoPredictionWriter",
-        f"--trainer.callbacks.output_dir={args.out}",
-    ]
-    if args.fps is not None:
-        lightning_args += ["--data.init_args.fps", str(args.fps)]
-    if args.ckpt_path is not None:
-        lightning_args += ["--ckpt_path", args.ckpt_path]
-    from sparrow_plugin.lightning_cli import build_cli
+    settings, prefix = {}, "--model.init_args."
+    pairs = iter(rest)
+    for arg in pairs:
+        key, _, value = arg.partition("=")
+        if not key.startswith(prefix):
+            raise SparrowError(f"sparrow predict VIDEO: unknown option {key!r} (model settings start with {prefix}; see sparrow predict VIDEO --help)")
+        settings[key[len(prefix):]] = yaml.safe_load(value if _ else next(pairs, ""))
+    probe_video(args.video)  # a video that does not open is named before the model loads
+    trainer = merged_recipe(args.config).get("trainer") or {}
+    device = args.device or _device_for(str(trainer.get("accelerator", "auto")))
+    precision = args.precision or str(trainer.get("precision", "32")).replace("-true", "")
+    from sparrow_plugin.predictor import SparrowPredictor
 
-    return build_cli(lightning_args + rest)
+    predictor = SparrowPredictor.from_checkpoint(
+        args.config, args.ckpt_path, settings, device=device, precision=precision, cache_frames=args.cache_frames, offload_features=args.offload_features,
+    )
+    predictor.predict_to_folder(args.video, expressions, args.out, fps=args.fps)
+    print(f"predictions written to {args.out}")
+
+
+def _device_for(accelerator: str) -> str:
+    """A recipe's ``trainer.accelerator`` as a torch device."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return "cuda"
+    if accelerator in ("gpu", "cuda"):
+        raise SparrowError("the recipe's trainer.accelerator asks for a GPU and torch finds none: pass --device cpu")
+    return "cpu"
 
 
 def _report_command(argv: list[str]) -> None:

@@ -32,13 +32,13 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from sparrow_plugin.checkpoints import read_checkpoint, setting_differences, trained_as_another_model
+from sparrow_plugin.checkpoints import read_checkpoint
 from sparrow_plugin.cli import format_report
 from sparrow_plugin.config import SparrowConfig, flat_settings
 from sparrow_plugin.errors import CheckpointError, ConfigError, SparrowError, SparrowWarning
 from sparrow_plugin.recipes import check_settings, config_files, import_class
 from sparrow_plugin.registry import KNOWN_HOST_MODULES
-from sparrow_plugin.wrapper import SparrowWrapper
+from sparrow_plugin.wrapper import SparrowWrapper, check_recipe_fits_checkpoint
 
 __all__ = ["SparrowCLI", "SparrowArgumentParser", "CheckedCheckpointIO", "build_cli", "quiet_known_noise"]
 
@@ -319,23 +319,10 @@ class CheckedCheckpointIO(CheckpointIO):
 
 
 def _check_checkpoint_fits(ckpt_path, checkpoint: dict, model) -> None:
-    """Compare what the checkpoint was trained as with what the recipe asks for, as far as
-    the recipe says it without building anything (the host's name, the settings that define
-    the weights); the model checks the rest (host class, config and weights) when it loads."""
-    stored = checkpoint.get("sparrow", {}).get("trained")
+    """:func:`~sparrow_plugin.wrapper.check_recipe_fits_checkpoint` for the parsed model node."""
     model_class = _class_of(model)
-    if not stored or model_class is None or not issubclass(model_class, SparrowWrapper):
-        return
-    init_args = model.init_args.as_dict()
-    current = {"base": init_args.get("base")} if isinstance(init_args.get("base"), str) else {}
-    config = init_args.get("config")
-    settings = config if isinstance(config, SparrowConfig) else SparrowConfig.from_dict(config or {})
-    current.update({f"config.{key}": value for key, value in flat_settings(settings, only_model=True).items()})
-    if current.get("config.lora.targets") is None:
-        current.pop("config.lora.targets", None)  # the host's defaults: known once it is built
-    problems = setting_differences(stored, current)
-    if problems:
-        raise CheckpointError(ckpt_path, trained_as_another_model(problems))
+    if model_class is not None and issubclass(model_class, SparrowWrapper):
+        check_recipe_fits_checkpoint(ckpt_path, checkpoint, model.init_args.as_dict())
 
 
 def _accelerator_problems(config, recipe_files) -> list[str]:

@@ -24,7 +24,7 @@ import yaml
 from sparrow_plugin.config import closest_name
 from sparrow_plugin.errors import ConfigError
 
-__all__ = ["config_files", "read_recipe", "unknown_keys", "check_settings", "import_class"]
+__all__ = ["config_files", "read_recipe", "merged_recipe", "unknown_keys", "check_settings", "import_class"]
 
 _CLASS_NODE_KEYS = ("class_path", "init_args", "dict_kwargs")
 
@@ -53,6 +53,15 @@ def read_recipe(path: Path) -> dict:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe is a mapping of settings, got {type(tree).__name__}")
     return tree
+
+
+def merged_recipe(paths: Sequence[str | Path]) -> dict:
+    """The recipes read and merged in order, as repeated ``--config`` files are (a later
+    one's values replace an earlier one's, key by key)."""
+    merged: dict = {}
+    for path in paths:
+        _merge(merged, read_recipe(Path(path)))
+    return merged
 
 
 def check_settings(argv: Sequence[str], accepted: Iterable[str], flags: Iterable[str] = ()) -> None:

@@ -10,6 +10,7 @@ mid-stream or decodes to no frame, and a folder without readable images, raise a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from sparrow_plugin.errors import DatasetError
 
-__all__ = ["VideoFrames", "FRAME_SUFFIXES", "probe_video", "read_video", "read_frames", "write_video"]
+__all__ = ["VideoFrames", "VideoSource", "FRAME_SUFFIXES", "probe_video", "read_video", "read_frames", "write_video"]
 
 # a wanted frame this many frames or more past the last decoded one is reached by seeking to
 # its keyframe rather than decoding every frame in between
@@ -144,9 +145,7 @@ def _read_file(path: Path, fps: float | None, progress: bool) -> VideoFrames:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         if fps is not None and stream.frames and rate:  # the length is known: decode only the kept frames
-            step = float(rate) / fps
-            indices = sorted({math.ceil(k * step - 1e-6) for k in range(math.ceil(stream.frames / step))} - {stream.frames})
-            indices = [i for i in indices if i < stream.frames]
+            indices = _sampled_positions(stream.frames, float(rate), fps)
             return VideoFrames(read_frames(path, indices), [f"{i:05d}" for i in indices], indices, float(fps))
         frames, names, indices = [], [], []
         next_time = 0.0
@@ -169,23 +168,112 @@ def _read_file(path: Path, fps: float | None, progress: bool) -> VideoFrames:
     return VideoFrames(np.stack(frames), names, indices, float(fps) if fps is not None else (float(rate) if rate else None))
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: float, keyframe_interval: int | None = None) -> Path:
-    """(T, H, W, 3) uint8 RGB -> an H.264 mp4 (MPEG-4 Part 2 where this FFmpeg has no
-    H.264 encoder); odd sizes are padded by a pixel, as yuv420p needs even ones.
+def _sampled_positions(count: int, rate: float, fps: float) -> list[int]:
+    """The positions of the frames kept at ``fps`` of ``count`` frames at ``rate``: the
+    first at or after each 1/fps step."""
+    step = rate / fps
+    return sorted({math.ceil(k * step - 1e-6) for k in range(math.ceil(count / step))} - {count})
+
+
+class VideoSource:
+    """A video's frames (a file PyAV decodes, or a folder of frames), read when asked for,
+    for videos too long to hold: what :func:`read_video` returns, without the frames.
+
+    A file is read in runs of ``chunk`` consecutive frames around the one asked for (ahead
+    in the direction reading goes), each run by one seek to its keyframe, and only the last
+    run is kept; so reading every frame forward (or backward) decodes each about once.
+    A frame that does not decode raises the :class:`DatasetError` :func:`read_frames`
+    would, when it is reached.
+
+    Attributes:
+        names, source_indices, fps: as :class:`VideoFrames`'.
+        height, width: the frames' size.
+    """
+
+    def __init__(self, path: str | Path, fps: float | None = None, chunk: int = 32):
+        self.path, self.chunk = Path(path), chunk
+        probe_video(self.path)
+        self._run: dict[int, np.ndarray] = {}
+        self._last: int | None = None
+        if self.path.is_dir():
+            if fps is not None:
+                raise DatasetError(self.path, "a folder of frames has no frame rate: read every frame (no --fps)")
+            self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+            self.names, self.source_indices, self.fps = [p.stem for p in self._files], list(range(len(self._files))), None
+            self.height, self.width = self._read_file_frame(0).shape[:2]
+            return
+        self._files = None
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            stored = sum(1 for packet in container.demux(stream) if packet.size)  # one per frame; no decoding
+            self.height, self.width = stream.codec_context.height, stream.codec_context.width
+        if stream.frames and stored < stream.frames:
+            raise DatasetError(self.path, f"the video breaks off: its header lists {stream.frames} frames, the file holds {stored}")
+        count = stream.frames or stored
+        if fps is not None and rate is None:
+            raise DatasetError(self.path, "states no frame rate, so it cannot be read at a chosen fps: read every frame (no --fps)")
+        self.source_indices = _sampled_positions(count, rate, fps) if fps is not None else list(range(count))
+        self.names = [f"{i:05d}" for i in self.source_indices]
+        self.fps = float(fps) if fps is not None else rate
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def read(self, positions: list[int]) -> np.ndarray:
+        """(len(positions), H, W, 3) uint8, the frames at these positions (of the kept frames)."""
+        out = []
+        for position in positions:
+            if not 0 <= position < len(self):
+                raise IndexError(f"frame {position} of a video of {len(self)} frames")
+            if position not in self._run:
+                backward = self._last is not None and position < self._last
+                first = max(0, position - self.chunk + 1) if backward else position
+                run = list(range(first, min(first + self.chunk, len(self))))
+                self._run = dict(zip(run, self._read_run(run)))
+            self._last = position
+            out.append(self._run[position])
+        return np.stack(out)
+
+    def _read_run(self, positions: list[int]) -> list[np.ndarray]:
+        if self._files is not None:
+            return [self._read_file_frame(p) for p in positions]
+        return list(read_frames(self.path, [self.source_indices[p] for p in positions]))
+
+    def _read_file_frame(self, position: int) -> np.ndarray:
+        path = self._files[position]
+        try:
+            with Image.open(path) as image:
+                frame = np.array(image.convert("RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise DatasetError(path, f"not a readable image ({error})") from None
+        if position and frame.shape[:2] != (self.height, self.width):
+            raise DatasetError(path, f"frame of {frame.shape[1]}x{frame.shape[0]} pixels, the first is {self.width}x{self.height}")
+        return frame
+
+
+def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: float, keyframe_interval: int | None = None) -> Path:
+    """(T, H, W, 3) uint8 RGB, or an iterable of (H, W, 3) frames (encoded as they come,
+    so a long video is never held), -> an H.264 mp4 (MPEG-4 Part 2 where this FFmpeg has
+    no H.264 encoder); odd sizes are padded by a pixel, as yuv420p needs even ones.
     ``keyframe_interval``: frames between keyframes (default: the encoder's)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = frames.shape[1:3]
-    padded = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
-        if keyframe_interval is not None:
-            stream.codec_context.gop_size = keyframe_interval
-        for frame in padded:
+        stream = None
+        for frame in frames:
+            height, width = frame.shape[:2]
+            frame = np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            if stream is None:
+                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
+                stream.width, stream.height, stream.pix_fmt = frame.shape[1], frame.shape[0], "yuv420p"
+                if keyframe_interval is not None:
+                    stream.codec_context.gop_size = keyframe_interval
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+        if stream is None:
+            raise ValueError(f"{path}: no frames to write")
         for packet in stream.encode():
             container.mux(packet)
     return path

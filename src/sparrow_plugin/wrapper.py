@@ -272,10 +272,19 @@ class SparrowWrapper(L.LightningModule):
             hyper_parameters["init_from"] = _absolute_if_path(hyper_parameters["init_from"])
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_checkpoint(checkpoint, self._trainer.ckpt_path if self._trainer is not None else None)
+
+    def load_checkpoint(self, path: str | Path, weights_only: bool | None = None) -> None:
+        """Load a checkpoint of this model outside a Trainer (inference programs), with the
+        checks a Trainer's loading makes (:meth:`check_checkpoint`)."""
+        checkpoint = read_checkpoint(path, weights_only=weights_only)
+        self.check_checkpoint(checkpoint, path)
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+    def check_checkpoint(self, checkpoint: dict, source: str | Path | None) -> None:
         """Refuse a checkpoint trained as another model (another host, other host weights,
         other settings that define the weights, other token ids, other trained parameters);
         warn about settings that differ and that this run's recipe decides."""
-        source = self._trainer.ckpt_path if self._trainer is not None else None
         meta = checkpoint.get("sparrow", {})
         settings_changed = setting_differences(meta.get("settings", {}), flat_settings(self.config))
         problems = setting_differences(meta.get("trained", {}), self._trained_record())
@@ -338,6 +347,25 @@ class SparrowWrapper(L.LightningModule):
         which the command line compares before anything loads."""
         base = self.hparams.get("base")
         return {**({"base": base} if isinstance(base, str) else {}), **self.model.trained_record()}
+
+
+def check_recipe_fits_checkpoint(ckpt_path, checkpoint: dict, init_args: Mapping[str, Any]) -> None:
+    """Compare what the checkpoint was trained as with what a recipe's model ``init_args``
+    ask for, as far as they say it without building anything (the host's name, the
+    settings that define the weights); :meth:`SparrowWrapper.check_checkpoint` checks the
+    rest (host class, config and weights) when it loads."""
+    stored = checkpoint.get("sparrow", {}).get("trained")
+    if not stored:
+        return
+    current = {"base": init_args.get("base")} if isinstance(init_args.get("base"), str) else {}
+    config = init_args.get("config")
+    settings = config if isinstance(config, SparrowConfig) else SparrowConfig.from_dict(config or {})
+    current.update({f"config.{key}": value for key, value in flat_settings(settings, only_model=True).items()})
+    if current.get("config.lora.targets") is None:
+        current.pop("config.lora.targets", None)  # the host's defaults: known once it is built
+    problems = setting_differences(stored, current)
+    if problems:
+        raise CheckpointError(ckpt_path, trained_as_another_model(problems))
 
 
 def _absolute_if_path(value):
