@@ -93,7 +93,7 @@ $(INSTALLED): pyproject.toml | python-check
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	SAM2_BUILD_CUDA=0 $(BIN)/pip install --quiet --no-build-isolation sam2==1.1.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,demo]'
 	touch $@
 
 data: $(DATA)/valid_cross/meta_expressions.json

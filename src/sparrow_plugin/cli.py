@@ -9,6 +9,7 @@
     sparrow eval --benchmark mevis --pred DIR --gt ROOT --split valid_u # score any model's PNG folder
     sparrow tiny-release --host videoglamm --out DIR --data ROOT     # a toy-size release of a host
     sparrow tsf build --config recipe.yaml --out DIR                 # the TSF track cache of a split
+    sparrow demo --config recipe.yaml --ckpt_path C                  # a web page on your videos
 
 The Lightning subcommands are LightningCLI's (``sparrow_plugin.lightning_cli``): recipes
 are YAML with ``class_path`` / ``init_args`` for the model and the data, layered with
@@ -43,6 +44,7 @@ COMMANDS = {
     "eval": "score a folder of predictions in a benchmark's own layout: `sparrow eval --benchmark mevis --pred DIR --gt ROOT`",
     "tiny-release": "write a toy-size release of a host's architecture (for CPU runs of its recipe)",
     "tsf": "TSF tools: `sparrow tsf build --config RECIPE --out DIR` builds the target-track cache of a split",
+    "demo": "a web page on your videos: `sparrow demo --config RECIPE --ckpt_path CKPT` (needs the demo extra)",
 }
 
 
@@ -82,6 +84,10 @@ def run(argv: list[str] | None = None):
         return _tiny_release_command(args[1:])
     if command == "tsf":
         return _tsf_command(args[1:])
+    if command == "demo":
+        from sparrow_plugin.demo import demo_command
+
+        return demo_command(args[1:])
     if command == "predict" and len(args) > 1 and not args[1].startswith("-"):
         return _predict_video_command(args[1:])
     if command not in LIGHTNING_COMMANDS:
