@@ -21,34 +21,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 from sparrow_plugin import SparrowWrapper
 from sparrow_plugin.data import ReferringVideoDataModule
 from sparrow_plugin.data.collate import collate_referring
 from sparrow_plugin.data.mevis import MeViSDataset
+from sparrow_plugin.recipes import merged_recipe
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import median_seconds  # noqa: E402
-
-
-def merged(*paths: str) -> dict:
-    """Recipe files layered as --config layers them (later keys win, dicts merge)."""
-    def merge(base: dict, top: dict) -> dict:
-        for key, value in top.items():
-            base[key] = merge(dict(base.get(key) or {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-        return base
-    result: dict = {}
-    for path in paths:
-        result = merge(result, yaml.safe_load(open(path)))
-    return result
-
-
-def resident_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1])
-    return 0
+from timing import median_seconds, resident_kib  # noqa: E402
 
 
 def peak_step_mib(step) -> float:
@@ -83,12 +64,12 @@ def measure(host: str, data: str, repeats: int) -> dict:
     """One host's row, in this process."""
     with tempfile.TemporaryDirectory() as folder:
         if host == "tiny":
-            recipe, release = merged("recipes/tiny/stage1.yaml"), None
+            recipe, release = merged_recipe(["recipes/tiny/stage1.yaml"]), None
         else:
             texts = [e.text for e in MeViSDataset(data, "train", image_size=32).expressions]
             module = __import__(f"baselines.{host}.tiny", fromlist=["write_tiny_release"])
             release = str(module.write_tiny_release(Path(folder) / host, texts))
-            recipe = merged(f"recipes/{host}/stage1.yaml", "recipes/overlays/tiny_cpu.yaml")
+            recipe = merged_recipe([f"recipes/{host}/stage1.yaml", "recipes/overlays/tiny_cpu.yaml"])
         recipe.setdefault("model", {}).setdefault("init_args", {}).setdefault("config", {}).setdefault("tsf", {})["mode"] = "off"
         recipe["data"]["init_args"]["root"] = data
         model, batch = build(recipe, release)

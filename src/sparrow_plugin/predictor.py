@@ -22,6 +22,7 @@ them; features computed in smaller batches may differ in the last float bits).
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
@@ -167,6 +168,10 @@ class SparrowPredictor:
         init_args = {k: v for k, v in (node.get("init_args") or {}).items() if k not in ("optimizer", "lr_scheduler")}
         for key, value in (settings or {}).items():
             _set_dotted(init_args, key, value)
+        try:
+            inspect.signature(model_class).bind(**init_args)
+        except TypeError as error:
+            raise ConfigError(f"{where}: the model's init_args do not fit {model_class.__name__}: {error}") from None
         missing = model_class.missing_inputs("predict", init_args)
         if not Path(ckpt_path).is_file():
             missing.insert(0, f"{ckpt_path}: checkpoint file not found")
