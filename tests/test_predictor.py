@@ -180,6 +180,10 @@ def test_a_video_source_reads_runs_forward_and_back_as_a_full_decode(tmp_path):
     forward = source.read(list(range(70)))
     backward = source.read(list(range(69, -1, -1)))
     assert np.array_equal(forward, full) and np.array_equal(backward, full[::-1])
+    scattered = [0, 33, 69, 12]  # the host's frames: a seek each
+    assert np.array_equal(source.read_scattered(scattered), full[scattered])
+    with pytest.raises(IndexError, match="frame 70 of a video of 70 frames"):
+        source.read([70])
     sampled = VideoSource(path, fps=4)
     assert sampled.source_indices == read_video(path, fps=4).source_indices
 

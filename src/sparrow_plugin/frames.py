@@ -6,10 +6,11 @@ DataLoader workers.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["uniform_frames", "square_size", "resize_frames"]
+__all__ = ["uniform_frames", "square_size", "resize_frames", "pixels_of"]
 
 
 def uniform_frames(total: int, count: int) -> list[int]:
@@ -34,3 +35,8 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], interpolation: st
     flat = frames.reshape(-1, *frames.shape[-3:])
     resized = F.interpolate(flat, size=size, mode=interpolation, align_corners=False, antialias=True).clamp_(0, 1)
     return resized.view(*frames.shape[:-2], *size)
+
+
+def pixels_of(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 RGB -> (T, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)

@@ -399,7 +399,7 @@ class SparrowModel(nn.Module):
         frames, indices = self.host_frames(batch)
         answers = self.answer(batch.queries, frames, indices, tracks, host_tracks)
         num_frames = batch.frames.shape[1]
-        plan = ObjectPlan.empty(len(batch), self.inference_cond_frame(num_frames) if self.config.decoder.cond_frame != "best" else 0)
+        plan = ObjectPlan.empty(len(batch), self.inference_cond_frame(num_frames))
         collected = _CollectedObjects()
         if answers.seg_rows.numel():
             wanted = torch.zeros(batch.frames.shape[:2], dtype=torch.bool, device=batch.frames.device)
@@ -464,7 +464,7 @@ class SparrowModel(nn.Module):
         ``box+seg``), or no object.
         """
         num_frames = features.num_frames
-        plan = ObjectPlan.empty(len(answers.generation.texts), self.inference_cond_frame(num_frames) if self.config.decoder.cond_frame != "best" else 0)
+        plan = ObjectPlan.empty(len(answers.generation.texts), self.inference_cond_frame(num_frames))
         seg_rows, seg_tokens = answers.seg_rows.tolist(), answers.seg_tokens
         if self.config.prompt == "seg" or self.box_grounding is None:
             for g, row in enumerate(seg_rows):  # decoded side by side, as one batch
@@ -597,11 +597,11 @@ class SparrowModel(nn.Module):
         device, size = features.rows.device, self.decoder.image_size
         with_token = self.config.prompt == "box+seg"
         for frame in range(features.num_frames):
-            for i in objects:
+            for n, i in enumerate(objects):
                 prompt = plan.prompts[i]
                 boxes = self._keep_boxes(features, torch.tensor([prompt.clip], device=device), prompt.each_frame_query[None], frame).boxes[0]
                 if not len(boxes) and not (with_token and self.config.box.fallback == "seg"):  # nothing kept: an empty mask
-                    yield [objects.index(i)], frame, torch.full((1, size, size), NO_OBJ_SCORE, device=device), torch.full((1,), NO_OBJ_SCORE, device=device)
+                    yield [n], frame, torch.full((1, size, size), NO_OBJ_SCORE, device=device), torch.full((1,), NO_OBJ_SCORE, device=device)
                     continue
                 count = max(len(boxes), 1)
                 decoded = self.decoder.decode(
@@ -611,7 +611,7 @@ class SparrowModel(nn.Module):
                     boxes=boxes[:, None] * size if len(boxes) else None,
                     frame_ids=torch.full((count, 1), frame, device=device),
                 )
-                yield [objects.index(i)], frame, decoded.mask_logits[:, 0].max(0).values[None], decoded.object_logits[:, 0].max(0).values[None]
+                yield [n], frame, decoded.mask_logits[:, 0].max(0).values[None], decoded.object_logits[:, 0].max(0).values[None]
         return [list(range(features.num_frames))] * len(objects)
 
     def _prediction(self, batch: VideoBatch, b: int, generation, rows, roles, objects: list["_Object"], cond_frame: int) -> Prediction:

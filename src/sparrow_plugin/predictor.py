@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from sparrow_plugin.data.mevis import normalize_expression
 from sparrow_plugin.decoder.streaming import StreamedImageFeatures
 from sparrow_plugin.errors import ConfigError, SparrowError
-from sparrow_plugin.frames import resize_frames
+from sparrow_plugin.frames import pixels_of, resize_frames
 from sparrow_plugin.model import GROUNDING_ROLES, ObjectPlan, SparrowModel
 from sparrow_plugin.recipes import import_class, merged_recipe
 from sparrow_plugin.video_io import VideoSource
@@ -193,8 +193,7 @@ class SparrowPredictor:
         size = self.model.decoder.image_size
 
         def read(positions: list[int]) -> torch.Tensor:
-            pixels = torch.from_numpy(source.read(positions)).permute(0, 3, 1, 2).float().div_(255)
-            return resize_frames(pixels, (size, size)).to(self.device)
+            return resize_frames(pixels_of(source.read(positions)), (size, size)).to(self.device)
 
         features = StreamedImageFeatures(
             self.model.decoder, read, len(source), cache_frames=self.cache_frames,
@@ -215,7 +214,7 @@ class SparrowPredictor:
         with self._autocast():
             tracks = [self.model.box_file_track(state.source.path.stem, state.num_frames, state.size)] if self.model.config.tsf.mode == "train+infer" else None
             answers = self.model.answer([text], frames, indices, tracks)
-            plan = ObjectPlan.empty(1, self._cond_frame(state))
+            plan = ObjectPlan.empty(1, self.model.inference_cond_frame(state.num_frames))
             if answers.seg_rows.numel():
                 plan = self.model.plan_objects(answers, state.features)
         state.plan.extend(plan, group_offset=max(state.plan.groups, default=-1) + 1)
@@ -295,13 +294,10 @@ class SparrowPredictor:
         if state.host_frames is None:
             request = self.model.host.frame_request()
             positions = request.sample(state.num_frames)
-            pixels = torch.from_numpy(state.source.read(list(positions))).permute(0, 3, 1, 2).float().div_(255)
+            pixels = pixels_of(state.source.read_scattered(list(positions)))  # seeks to each: a long video is not decoded
             frames = resize_frames(pixels, request.size(*state.size), request.interpolation)
             state.host_frames = frames[None].to(self.device), torch.as_tensor(positions, dtype=torch.long)[None].to(self.device)
         return state.host_frames
-
-    def _cond_frame(self, state: VideoState) -> int:
-        return self.model.inference_cond_frame(state.num_frames) if self.model.config.decoder.cond_frame != "best" else 0
 
     def _autocast(self):
         if self.precision.endswith("-mixed"):

@@ -222,10 +222,9 @@ class VideoSource:
 
     def read(self, positions: list[int]) -> np.ndarray:
         """(len(positions), H, W, 3) uint8, the frames at these positions (of the kept frames)."""
+        self._check(positions)
         out = []
         for position in positions:
-            if not 0 <= position < len(self):
-                raise IndexError(f"frame {position} of a video of {len(self)} frames")
             if position not in self._run:
                 backward = self._last is not None and position < self._last
                 first = max(0, position - self.chunk + 1) if backward else position
@@ -234,6 +233,19 @@ class VideoSource:
             self._last = position
             out.append(self._run[position])
         return np.stack(out)
+
+    def read_scattered(self, positions: list[int]) -> np.ndarray:
+        """:meth:`read` for a few positions far apart (the host's frames of a long video):
+        each reached by a seek of its own (:func:`read_frames`), no run around it."""
+        self._check(positions)
+        if self._files is not None:
+            return np.stack([self._read_file_frame(p) for p in positions])
+        return read_frames(self.path, [self.source_indices[p] for p in positions])
+
+    def _check(self, positions: list[int]) -> None:
+        outside = [p for p in positions if not 0 <= p < len(self)]
+        if outside:
+            raise IndexError(f"frame {outside[0]} of a video of {len(self)} frames")
 
     def _read_run(self, positions: list[int]) -> list[np.ndarray]:
         if self._files is not None:

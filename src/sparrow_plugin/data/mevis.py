@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import masks_to_boxes
 
 from sparrow_plugin.errors import DatasetError
-from sparrow_plugin.frames import resize_frames, uniform_frames
+from sparrow_plugin.frames import pixels_of, resize_frames, uniform_frames
 from sparrow_plugin.interfaces import FrameRequest
 from sparrow_plugin.tsf.tracks import Track, annotation_track
 
@@ -390,7 +390,7 @@ class MeViSDataset(Dataset):
     @staticmethod
     def to_tensor(frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, H, W) float in [0, 1]."""
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
+        return pixels_of(frames)
 
     def resize_frames(self, frames: np.ndarray) -> torch.Tensor:
         """(T, H, W, 3) uint8 -> (T, 3, S, S) float in [0, 1], the decoder's size."""
