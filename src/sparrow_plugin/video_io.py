@@ -203,11 +203,14 @@ class VideoSource:
             self.height, self.width = self._read_file_frame(0).shape[:2]
             return
         self._files = None
-        with av.open(str(self.path)) as container:
-            stream = container.streams.video[0]
-            rate = float(stream.average_rate or stream.guessed_rate or 0) or None
-            stored = sum(1 for packet in container.demux(stream) if packet.size)  # one per frame; no decoding
-            self.height, self.width = stream.codec_context.height, stream.codec_context.width
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+                stored = sum(1 for packet in container.demux(stream) if packet.size)  # one per frame; no decoding
+                self.height, self.width = stream.codec_context.height, stream.codec_context.width
+        except (av.error.FFmpegError, OSError) as error:
+            raise DatasetError(self.path, f"not a video PyAV can read to its end ({error})") from None
         if stream.frames and stored < stream.frames:
             raise DatasetError(self.path, f"the video breaks off: its header lists {stream.frames} frames, the file holds {stored}")
         count = stream.frames or stored
