@@ -199,11 +199,10 @@ def browser_playable(path: Path) -> Path:
 def _predict_with_predictor(config: list[str], ckpt_path: str, fps: float | None = None, device: str | None = None) -> RunRequest:
     """``run_request`` through a :class:`~sparrow_plugin.predictor.SparrowPredictor`,
     loaded here once (each request only runs it), in bounded memory on long videos."""
-    import torch
-
+    from sparrow_plugin.cli import _device_for
     from sparrow_plugin.predictor import SparrowPredictor
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or _device_for("auto")
     predictor = SparrowPredictor.from_checkpoint(config, ckpt_path, device=device)
     # every request's outputs, under the temp folder that Gradio serves files from; removed
     # when the backend is (run_request holds it)

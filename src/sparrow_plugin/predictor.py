@@ -41,7 +41,7 @@ from sparrow_plugin.decoder.streaming import StreamedImageFeatures
 from sparrow_plugin.errors import ConfigError, SparrowError
 from sparrow_plugin.frames import pixels_of, resize_frames
 from sparrow_plugin.model import GROUNDING_ROLES, ObjectPlan, SparrowModel
-from sparrow_plugin.recipes import import_class, merged_recipe
+from sparrow_plugin.recipes import import_class, insert_setting, merged_recipe
 from sparrow_plugin.video_io import VideoSource
 from sparrow_plugin.video_predict import write_expression
 
@@ -167,7 +167,7 @@ class SparrowPredictor:
             raise ConfigError(f"{where}: the model {node['class_path']!r} is not a SparrowWrapper")
         init_args = {k: v for k, v in (node.get("init_args") or {}).items() if k not in ("optimizer", "lr_scheduler")}
         for key, value in (settings or {}).items():
-            _set_dotted(init_args, key, value)
+            insert_setting(init_args, key.split("."), value)
         try:
             inspect.signature(model_class).bind(**init_args)
         except TypeError as error:
@@ -304,12 +304,3 @@ class SparrowPredictor:
             return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.precision.startswith("bf16") else torch.float16)
         return nullcontext()
 
-
-def _set_dotted(tree: dict, key: str, value) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = tree.get(part)
-        if not isinstance(node, dict):
-            node = tree[part] = {}
-        tree = node
-    tree[parts[-1]] = value

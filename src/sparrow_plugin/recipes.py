@@ -24,7 +24,7 @@ import yaml
 from sparrow_plugin.config import closest_name
 from sparrow_plugin.errors import ConfigError
 
-__all__ = ["config_files", "read_recipe", "merged_recipe", "unknown_keys", "check_settings", "import_class"]
+__all__ = ["config_files", "read_recipe", "merged_recipe", "insert_setting", "unknown_keys", "check_settings", "import_class"]
 
 _CLASS_NODE_KEYS = ("class_path", "init_args", "dict_kwargs")
 
@@ -83,7 +83,7 @@ def check_settings(argv: Sequence[str], accepted: Iterable[str], flags: Iterable
     settings = {key: value for key, value in _command_line_settings(argv).items() if f"--{key}" not in flags or key in accepted}
     tree: dict = {}
     for key, value in settings.items():
-        _insert(tree, key.split("."), value)
+        insert_setting(tree, key.split("."), value)
     _graft_class_paths(tree, merged)  # `--data.init_args.x` is checked against the recipe's data class
     problems += [_problem("the command line", f"--{key}", closest and f"--{closest}") for key, closest in unknown_keys(tree, accepted)]
     if problems:
@@ -111,7 +111,8 @@ def _command_line_settings(argv: Sequence[str]) -> dict:
     return settings
 
 
-def _insert(tree: dict, path: list[str], value) -> None:
+def insert_setting(tree: dict, path: list[str], value) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, making the nodes on the way."""
     for part in path[:-1]:
         node = tree.get(part)
         if not isinstance(node, dict):  # `--model.init_args.optimizer SGD` then `...optimizer.init_args.lr`
